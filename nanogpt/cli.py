@@ -1,0 +1,81 @@
+"""What the entry points do once Hydra has composed their config: validate it, run, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from omegaconf import DictConfig
+
+from nanogpt.config import PrepareConfig, RunConfig, SampleConfig, load_run_config, to_object
+from nanogpt.errors import UserError, exit_on_user_error
+
+log = logging.getLogger("nanogpt")
+
+
+def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool = False) -> None:
+    """Train as `cfg` says. In a sweep a failed job is recorded in its status.json and the sweep goes on;
+    otherwise a user error exits 2 with one line, and a signal exits 128 + its number after saving."""
+    from nanogpt.distributed import launch_env
+    from nanogpt.train import Interrupted, train
+
+    started = time.time()
+    status: dict = {"status": "running"}
+    main_rank = launch_env().rank == 0
+    try:
+        if cfg.resume:
+            run_dir = cfg.resume
+            run_cfg = load_run_config(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
+        else:
+            run_cfg = to_object(cfg, RunConfig)
+        result = train(run_cfg, run_dir)
+        run_dir = result.run_dir
+        status = {
+            "status": "completed", "iter": result.iter, "best_val_loss": result.best_val_loss,
+            "val_loss": result.val_loss, "last_train_loss": result.last_train_loss,
+        }  # fmt: skip
+    except Interrupted as e:
+        status = {"status": "interrupted", "error": str(e)}
+        _write_status(run_dir, status, started, main_rank)
+        sys.exit(128 + e.signum)
+    except UserError as e:
+        status = {"status": "failed", "error": str(e)}
+        if not multirun:
+            _write_status(run_dir, status, started, main_rank and os.path.isdir(run_dir))
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        log.error("job failed: %s", e)
+    except Exception as e:
+        status = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        if not multirun:
+            _write_status(run_dir, status, started, main_rank and os.path.isdir(run_dir))
+            raise
+        log.exception("job failed; the sweep goes on")
+    _write_status(run_dir, status, started, main_rank)
+
+
+def _write_status(run_dir: str, status: dict, started: float, write: bool) -> None:
+    if not write:
+        return
+    from nanogpt.data.prepare import atomic_write
+
+    status = {**status, "wall_s": round(time.time() - started, 2)}
+    atomic_write(os.path.join(run_dir, "status.json"), (json.dumps(status, indent=1) + "\n").encode())
+
+
+@exit_on_user_error
+def prepare_main(cfg: DictConfig) -> None:
+    from nanogpt.data.prepare import prepare
+
+    p: PrepareConfig = to_object(cfg, PrepareConfig)
+    prepare(p.data, p.paths.data_dir, force=p.force)
+
+
+@exit_on_user_error
+def sample_main(cfg: DictConfig) -> None:
+    from nanogpt.sampling import sample
+
+    sample(to_object(cfg, SampleConfig))

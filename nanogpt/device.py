@@ -1,0 +1,96 @@
+"""Device and precision: pick the device, the dtype it can do, autocast, and its peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from nanogpt.config import DeviceConfig
+from nanogpt.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets (no sparsity).
+_PEAK_FLOPS = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM and NVL
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype  # the compute dtype of autocast; float32 means no autocast
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def needs_grad_scaler(self) -> bool:
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range.
+        return self.dtype == torch.float16
+
+    def peak_flops(self) -> float | None:
+        """The device's peak FLOP/s in this dtype, or None where we do not know it (then: no MFU)."""
+        if self.device.type != "cuda" or self.dtype == torch.float32:
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        return next((peak for key, peak in _PEAK_FLOPS if key in name), None)
+
+
+def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
+    """The device and dtype `cfg` asks for, checked against what this machine has."""
+    kind = cfg.device.split(":")[0]
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif torch.backends.mps.is_available():
+            kind = "mps"
+        else:
+            kind = "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device.device={cfg.device} but this machine has no CUDA GPU: use device=cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device.device={cfg.device} but MPS is not available here: use device=cpu or auto")
+    if kind == "cuda":
+        index = local_rank if local_rank is not None else (int(cfg.device.split(":")[1]) if ":" in cfg.device else 0)
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(kind)
+
+    if cfg.dtype == "auto":
+        bf16_ok = kind == "cuda" and torch.cuda.is_bf16_supported()
+        # CPUs without bf16 units run bf16 matmuls ~100x slower than fp32, so CPU stays fp32.
+        dtype = torch.bfloat16 if bf16_ok else (torch.float16 if kind == "cuda" else torch.float32)
+    else:
+        dtype = DTYPES[cfg.dtype]
+    if kind == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UserError("device.dtype=bfloat16 but this GPU cannot do bf16: use device.dtype=float16")
+    if kind == "cpu" and dtype == torch.float16:
+        raise UserError("device.dtype=float16 is not supported for training on CPU: use float32 or bfloat16")
+    if kind == "cuda" and cfg.matmul_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Precision(device, dtype)

@@ -1,0 +1,89 @@
+"""Process group setup from the launcher's environment (torchrun, or Slurm through submitit) and the
+DDP wrap. The model and the training loop know nothing of this beyond `Dist`."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launch_env() -> Dist:
+    """Rank, local rank and world size as torchrun sets them, else as Slurm does (one task per GPU)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Dist(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return Dist(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]))
+    return Dist()
+
+
+def setup(device_type: str) -> Dist:
+    """Join the process group when launched as several processes: NCCL on GPUs, gloo on CPUs."""
+    d = launch_env()
+    if d.enabled and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = _slurm_master()
+        os.environ.setdefault("RANK", str(d.rank))
+        os.environ.setdefault("WORLD_SIZE", str(d.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        # A rank that dies makes the others fail at their next collective within this time, not hang.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("NANOGPT_DIST_TIMEOUT", "600")))
+        dist.init_process_group(backend=backend, timeout=timeout)
+    return d
+
+
+def _slurm_master() -> tuple[str, str]:
+    """The first node of the Slurm allocation hosts the rendezvous, on a port derived from the job id."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    host = env.hostnames[0] if env.hostnames else "127.0.0.1"
+    port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
+    return host, str(port)
+
+
+def broadcast(obj: Any, d: Dist) -> Any:
+    """Rank 0's value of `obj`, on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        dist.all_reduce(x)  # SUM: gloo has no AVG
+        x /= d.world_size
+    return x
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

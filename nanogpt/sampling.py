@@ -1,0 +1,87 @@
+"""Generate text from a run's checkpoint or an OpenAI GPT-2, printing each sample as it is written."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import torch
+
+from nanogpt import checkpoint
+from nanogpt import device as devices
+from nanogpt import tokenizer as tok
+from nanogpt.config import ModelConfig, SampleConfig
+from nanogpt.errors import UserError
+from nanogpt.model import GPT
+
+
+def load_for_sampling(cfg: SampleConfig) -> tuple[GPT, tok.Tokenizer, int]:
+    """The model, its tokenizer, and the size of the real vocabulary (padding ids are never sampled)."""
+    if cfg.run is not None:
+        ckpt = checkpoint.find(cfg.run, cfg.checkpoint) or checkpoint.find(cfg.run, "latest")
+        if ckpt is None:
+            raise UserError(f"run={cfg.run!r} holds no checkpoint (checkpoints/{cfg.checkpoint}): train it first")
+        info = checkpoint.load_info(ckpt)
+        model = GPT(ModelConfig(**info["model"]))
+        checkpoint.load_weights(model, ckpt)
+        return model, tok.from_meta({"tokenizer": info["tokenizer"]}), info["data_vocab_size"]
+    from nanogpt.pretrained import from_huggingface
+
+    return from_huggingface(cfg.init_from), tok.GPT2Tokenizer(), 50257
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = start[len("FILE:") :]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UserError(f"prompt file {path!r} does not exist: give start=FILE:<existing file>") from None
+        except UnicodeDecodeError:
+            raise UserError(f"prompt file {path!r} is not UTF-8 text") from None
+    return start
+
+
+def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
+    """Print `num_samples` continuations of the prompt, token by token; returns them."""
+    prec = devices.resolve(cfg.device)
+    model, tokenizer, vocab = load_for_sampling(cfg)
+    if cfg.top_k is not None and cfg.top_k > vocab:
+        raise UserError(f"top_k={cfg.top_k} is larger than the vocabulary ({vocab}): use top_k<={vocab}")
+    model.eval().to(prec.device)
+    ids = tokenizer.encode(read_prompt(cfg.start))
+    if not ids:
+        if tokenizer.eot_token is None:
+            raise UserError("start is empty: give a prompt, e.g. start='ROMEO:'")
+        ids = [tokenizer.eot_token]  # GPT-2 starts a fresh document after end-of-text
+    x = torch.tensor([ids], dtype=torch.long, device=prec.device)
+    generator = torch.Generator(device=prec.device).manual_seed(cfg.seed)
+    samples = []
+    for _ in range(cfg.num_samples):
+        new: list[int] = []
+        shown = ""
+        out.write(tokenizer.decode(ids))
+        with prec.autocast():
+            stream = model.generate_stream(
+                x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                vocab_limit=vocab, generator=generator,
+            )  # fmt: skip
+            text = ""
+            for token in stream:
+                new.append(int(token))
+                text = tokenizer.decode(new)
+                stopped = cfg.stop is not None and cfg.stop in text
+                if stopped:
+                    text = text[: text.index(cfg.stop)]
+                # Print whole characters only: a BPE token can end inside a multi-byte one.
+                if stopped or not text.endswith("\ufffd"):
+                    out.write(text[len(shown) :])
+                    out.flush()
+                    shown = text
+                if stopped:
+                    break
+        out.write(text[len(shown) :] + "\n---------------\n")
+        out.flush()
+        samples.append(text)
+    return samples

@@ -1,0 +1,344 @@
+"""The training loop: set up the process, build or restore the model, then step, evaluate, checkpoint, log."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nanogpt import checkpoint, distributed
+from nanogpt import device as devices
+from nanogpt.config import ModelConfig, OptimConfig, RunConfig
+from nanogpt.data.batches import Batches
+from nanogpt.data.prepare import SPLITS, dataset_dir, is_prepared, prepare
+from nanogpt.errors import UserError
+from nanogpt.logging import MetricsLog
+from nanogpt.model import GPT
+from nanogpt.runlock import RunLock
+
+log = logging.getLogger("nanogpt")
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; the run can be resumed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@dataclass
+class Result:
+    run_dir: str
+    iter: int
+    best_val_loss: float
+    last_train_loss: float | None
+    val_loss: float | None
+
+
+def lr_at(it: int, o: OptimConfig, max_iters: int) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `lr_decay_iters`, then flat."""
+    if it < o.warmup_iters:
+        return o.lr * (it + 1) / (o.warmup_iters + 1)
+    if not o.decay_lr:
+        return o.lr
+    decay_iters = o.lr_decay_iters if o.lr_decay_iters is not None else max_iters
+    if it >= decay_iters:
+        return o.min_lr
+    ratio = (it - o.warmup_iters) / (decay_iters - o.warmup_iters)
+    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.lr - o.min_lr)
+
+
+def train(cfg: RunConfig, run_dir: str) -> Result:
+    """Train (or evaluate) as `cfg` says, writing into `run_dir`; resumes if it holds a checkpoint."""
+    # ---- process: ranks, device, precision, one run dir for all ranks ----
+    env = distributed.launch_env()
+    prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
+    d = distributed.setup(prec.device_type)
+    run_dir = distributed.broadcast(os.path.abspath(run_dir), d)
+    lock = RunLock(run_dir) if d.is_main else None
+    try:
+        return _train(cfg, run_dir, d, prec)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.teardown(d)
+
+
+def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Precision) -> Result:
+    t, o = cfg.train, cfg.optim
+    if t.grad_accum % d.world_size:
+        raise UserError(
+            f"train.grad_accum={t.grad_accum} must be a multiple of the number of processes ({d.world_size})"
+        )
+    accum = t.grad_accum // d.world_size  # micro-batches per step on this process
+
+    # ---- data: prepared by rank 0 if missing ----
+    data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
+    if d.is_main and not is_prepared(data_path):
+        log.info("%s is not prepared yet: preparing it now", data_path)
+        prepare(cfg.data, cfg.paths.data_dir)
+    distributed.barrier(d)
+
+    # ---- model: resumed, pretrained or fresh ----
+    ckpt = checkpoint.find(run_dir, "latest")
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model, info = build_model(cfg, ckpt, data_path)
+    model.to(prec.device)
+    batches = Batches(
+        data_path, model.config.block_size, t.batch_size, t.grad_accum, cfg.seed, prec.device,
+        vocab_size=model.config.vocab_size,
+    )  # fmt: skip
+
+    fused = o.fused if o.fused is not None else prec.device_type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(
+        model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
+    )
+    scaler = torch.amp.GradScaler(prec.device_type, enabled=prec.needs_grad_scaler())
+    it, best_val, evaluated_at = 0, float("inf"), -1
+    torch.manual_seed(cfg.seed + d.rank)  # dropout differs across ranks
+    if ckpt is not None:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        it, best_val, evaluated_at = state["iter"], state["best_val_loss"], state["evaluated_at"]
+        _set_rng_state(state["rng"], d, prec)
+        log.info("resumed from %s at iter %d", ckpt, it)
+
+    forward = torch.compile(model) if cfg.device.compile else model
+    ddp = DDP(forward, device_ids=[prec.device.index] if prec.device_type == "cuda" else None) if d.enabled else None
+    trained = ddp or forward
+
+    metrics = None
+    if d.is_main:
+        metrics = MetricsLog(run_dir, cfg.logger, f"{cfg.name}/{os.path.basename(run_dir)}",
+                             dataclasses.asdict(cfg), resume=ckpt is not None)  # fmt: skip
+        log.info(
+            "model: %.2fM parameters, %s on %s; %d tokens per step (%d x %d x %d)",
+            model.num_params() / 1e6, str(prec.dtype).removeprefix("torch."), prec.device,
+            t.batch_size * t.grad_accum * model.config.block_size, t.grad_accum, t.batch_size,
+            model.config.block_size,
+        )  # fmt: skip
+
+    def save(as_latest: bool, as_best: bool) -> None:
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter": it,
+            "best_val_loss": best_val,
+            "evaluated_at": evaluated_at,
+            "rng": _gather_rng_state(d, prec),
+        }
+        if d.is_main:
+            info.update(iter=it, best_val_loss=best_val)
+            checkpoint.save(run_dir, model, state, info, as_latest=as_latest, as_best=as_best,
+                            keep_last=t.keep_last)  # fmt: skip
+        distributed.barrier(d)
+
+    stop = _StopSignals()
+    tokens_per_step = t.batch_size * t.grad_accum * model.config.block_size
+    pending: list[torch.Tensor] = []  # step losses not yet read back from the device
+    last_train_loss, val_loss = None, None
+    t_log, it_log = time.perf_counter(), it
+    try:
+        while True:
+            lr = lr_at(it, o, t.max_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # ---- evaluate and checkpoint ----
+            if (it % t.eval_interval == 0 or it == t.max_iters or t.eval_only) and it != evaluated_at:
+                t_eval = time.perf_counter()
+                _read_losses(pending, it - len(pending), d)  # never checkpoint weights a NaN touched
+                losses = evaluate(forward, batches, t.eval_iters, prec, d)
+                evaluated_at, val_loss = it, losses["val"]
+                improved = losses["val"] < best_val
+                best_val = min(best_val, losses["val"])
+                if metrics is not None:
+                    log.info("iter %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
+                    metrics.write({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+                if t.eval_only:
+                    break
+                if it > 0 and (improved or t.always_save_checkpoint):
+                    save(as_latest=True, as_best=improved)
+                t_log += time.perf_counter() - t_eval  # evaluation is not training time
+            if it >= t.max_iters:
+                break
+
+            # ---- one optimizer step: accumulate gradients over micro-batches ----
+            step_loss = torch.zeros((), device=prec.device)
+            for micro in range(accum):
+                x, y = batches.train(it, d.rank * accum + micro)
+                # DDP all-reduces gradients only on the last micro-batch.
+                sync = ddp is None or micro == accum - 1
+                with contextlib.nullcontext() if sync else ddp.no_sync(), prec.autocast():
+                    _, loss = trained(x, y)
+                    loss = loss / accum  # the step's gradient is the mean over its micro-batches
+                scaler.scale(loss).backward()
+                step_loss += loss.detach()
+            if o.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            pending.append(step_loss)
+
+            # ---- log: the only place losses are read back from the device ----
+            if it % t.log_interval == 0 or it == t.max_iters - 1:
+                last_train_loss = _read_losses(pending, it + 1 - len(pending), d)[-1]
+                pending = []
+                now = time.perf_counter()
+                tokens_per_s = tokens_per_step * (it + 1 - it_log) / max(now - t_log, 1e-9)
+                t_log, it_log = now, it + 1
+                if metrics is not None:
+                    record = {"iter": it, "loss": last_train_loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+                    peak = prec.peak_flops()
+                    if peak is not None:
+                        record["mfu"] = round(model.flops_per_token() * tokens_per_s / peak, 4)
+                    log.info(
+                        "iter %d: loss %.4f, %.1f ms/iter, %s tokens/s%s", it, last_train_loss,
+                        1000 * tokens_per_step / tokens_per_s, f"{tokens_per_s:,.0f}",
+                        f", mfu {100 * record['mfu']:.1f}%" if "mfu" in record else "",
+                    )  # fmt: skip
+                    metrics.write(record)
+            it += 1
+
+            # In DDP, agreeing on a stop costs a collective: do it at log steps only.
+            if stop.requested(d, prec.device, at_log_step=(it - 1) % t.log_interval == 0):
+                _read_losses(pending, it - len(pending), d)
+                save(as_latest=True, as_best=False)
+                log.info("stopped at iter %d: checkpoint saved; resume with python run.py resume=%s", it, run_dir)
+                raise Interrupted(stop.signum)
+    finally:
+        stop.restore()
+        if metrics is not None:
+            metrics.close()
+    return Result(run_dir, it, best_val, last_train_loss, val_loss)
+
+
+def _read_losses(pending: list[torch.Tensor], first_iter: int, d: distributed.Dist) -> list[float]:
+    """The mean loss over all processes of each pending step; stops the run if one is NaN or inf."""
+    if not pending:
+        return []
+    values = distributed.all_reduce_mean(torch.stack(pending), d).tolist()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise UserError(
+                f"the training loss is {v} at iter {first_iter + i}: the run diverged; lower optim.lr or raise "
+                "optim.warmup_iters, and resume from the last checkpoint (it predates the divergence)"
+            )
+    return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, batches: Batches, eval_iters: int, prec: devices.Precision, d: distributed.Dist
+) -> dict[str, float]:
+    """Mean loss over the same `eval_iters` batches of each split, shared out across processes."""
+    model.eval()
+    out = {}
+    for split in SPLITS:
+        total = torch.zeros((), device=prec.device)
+        for k in range(d.rank, eval_iters, d.world_size):
+            x, y = batches.eval(split, k)
+            with prec.autocast():
+                _, loss = model(x, y)
+            total += loss.float()
+        out[split] = (distributed.all_reduce_mean(total, d) * d.world_size / eval_iters).item()
+    model.train()
+    return out
+
+
+def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
+    from nanogpt.data.prepare import read_meta
+
+    meta = read_meta(data_path)
+    if ckpt is not None:
+        info = checkpoint.load_info(ckpt)
+        model = GPT(ModelConfig(**info["model"]))
+        checkpoint.load_weights(model, ckpt)
+        return model, info
+    if cfg.init_from == "scratch":
+        vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
+        model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
+    else:
+        from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
+
+        model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+    info = {
+        "model": dataclasses.asdict(model.config),
+        "tokenizer": meta["tokenizer"],
+        "data_vocab_size": meta["vocab_size"],
+        "init_from": cfg.init_from,
+    }
+    return model, info
+
+
+def _pad(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _gather_rng_state(d: distributed.Dist, prec: devices.Precision) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state (dropout), so a resumed run draws the same random numbers."""
+    mine = {"cpu": torch.get_rng_state()}
+    if prec.device_type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(prec.device)
+    if not d.enabled:
+        return [mine]
+    states: list[Any] = [None] * d.world_size
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def _set_rng_state(states: list[dict[str, torch.Tensor]], d: distributed.Dist, prec: devices.Precision) -> None:
+    if len(states) != d.world_size:
+        log.warning("resuming on %d processes, saved with %d: dropout draws will differ", d.world_size, len(states))
+        return
+    torch.set_rng_state(states[d.rank]["cpu"])
+    if prec.device_type == "cuda" and "cuda" in states[d.rank]:
+        torch.cuda.set_rng_state(states[d.rank]["cuda"], prec.device)
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+        for s in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # a second signal: the user insists
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
+
+    def requested(self, d: distributed.Dist, device: torch.device, at_log_step: bool) -> bool:
+        if not d.enabled:
+            return self.signum != 0
+        if not at_log_step:
+            return False
+        # Every rank must stop at the same step.
+        flag = torch.tensor([float(self.signum)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.signum = int(flag.item())
+        return self.signum != 0
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

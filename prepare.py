@@ -1,0 +1,19 @@
+"""Build a data set's token files: python prepare.py data=shakespeare_char [data.source=...]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from nanogpt.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    from nanogpt.cli import prepare_main
+
+    prepare_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

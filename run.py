@@ -1,0 +1,21 @@
+"""Train, finetune or evaluate a GPT: python run.py experiment=shakespeare_char_cpu [key=value ...]"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from nanogpt.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from nanogpt.cli import run_main
+
+    hc = HydraConfig.get()
+    run_main(cfg, hc.runtime.output_dir, list(hc.overrides.task), multirun=hc.mode.name == "MULTIRUN")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Generate text: python sample.py run=<run dir> [start=... num_samples=...] or init_from=gpt2"""
+
+import hydra
+from omegaconf import DictConfig
+
+from nanogpt.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    from nanogpt.cli import sample_main
+
+    sample_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
