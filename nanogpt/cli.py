@@ -31,6 +31,8 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             run_cfg = load_run_config(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
         else:
             run_cfg = to_object(cfg, RunConfig)
+            if main_rank and not multirun:
+                _link_latest(run_dir)
         result = train(run_cfg, run_dir)
         run_dir = result.run_dir
         status = {
@@ -55,6 +57,14 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             raise
         log.exception("job failed; the sweep goes on")
     _write_status(run_dir, status, started, main_rank)
+
+
+def _link_latest(run_dir: str) -> None:
+    """Point outputs/<experiment>/latest at this run, so `sample.py run=outputs/<experiment>/latest` works."""
+    parent, name = os.path.split(os.path.abspath(run_dir))
+    tmp = os.path.join(parent, f".latest.tmp-{os.getpid()}")
+    os.symlink(name, tmp)
+    os.replace(tmp, os.path.join(parent, "latest"))
 
 
 def _write_status(run_dir: str, status: dict, started: float, write: bool) -> None:

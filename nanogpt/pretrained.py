@@ -37,12 +37,17 @@ def from_huggingface(name_or_dir: str, dropout: float = 0.0, block_size: int | N
             f"cannot load {name_or_dir!r} ({str(e).splitlines()[0]}): download it once with network "
             "(it is cached), or pass a local folder"
         ) from None
+    return from_hf_model(hf, dropout, block_size, name=name_or_dir)
+
+
+def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name: str = "model") -> GPT:
+    """Our GPT holding the weights of a transformers `GPT2LMHeadModel`."""
     c = hf.config
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx:
-        raise UserError(f"{name_or_dir!r} is not a GPT-2 this model can hold (activation {c.activation_function})")
+        raise UserError(f"{name!r} is not a GPT-2 this model can hold (activation {c.activation_function})")
     if block_size is not None and block_size > c.n_positions:
         raise UserError(
-            f"model.block_size={block_size} is larger than {name_or_dir}'s context of {c.n_positions}: "
+            f"model.block_size={block_size} is larger than {name}'s context of {c.n_positions}: "
             f"use model.block_size<={c.n_positions}"
         )
     cfg = ModelConfig(
@@ -54,7 +59,7 @@ def from_huggingface(name_or_dir: str, dropout: float = 0.0, block_size: int | N
     theirs = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     missing = set(ours) - set(theirs)
     if missing:
-        raise UserError(f"{name_or_dir!r} lacks GPT-2 weights {sorted(missing)[:3]}: not a GPT-2 checkpoint")
+        raise UserError(f"{name!r} lacks GPT-2 weights {sorted(missing)[:3]}: not a GPT-2 checkpoint")
     with torch.no_grad():
         for k, v in ours.items():
             v.copy_(theirs[k].t() if k.endswith(_TRANSPOSED) else theirs[k])
