@@ -9,15 +9,16 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanogpt import checkpoint, distributed
+from nanogpt import checkpoint, distributed, optim
 from nanogpt import device as devices
-from nanogpt.config import ModelConfig, OptimConfig, RunConfig
+from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.data.batches import Batches
 from nanogpt.data.prepare import SPLITS, dataset_dir, is_prepared, prepare
 from nanogpt.errors import UserError
@@ -29,11 +30,16 @@ log = logging.getLogger("nanogpt")
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the run can be resumed."""
+    """Training stopped on a signal after saving a checkpoint; the run can be resumed.
 
-    def __init__(self, signum: int):
+    `hand_over`, when set, passes the signal on to the handler that was there before ours (submitit's, which
+    requeues the job and exits): call it once the run's status is recorded.
+    """
+
+    def __init__(self, signum: int, hand_over: Callable[[], None] | None = None):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        self.hand_over = hand_over
 
 
 @dataclass
@@ -43,19 +49,6 @@ class Result:
     best_val_loss: float
     last_train_loss: float | None
     val_loss: float | None
-
-
-def lr_at(it: int, o: OptimConfig, max_iters: int) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr` at `lr_decay_iters`, then flat."""
-    if it < o.warmup_iters:
-        return o.lr * (it + 1) / (o.warmup_iters + 1)
-    if not o.decay_lr:
-        return o.lr
-    decay_iters = o.lr_decay_iters if o.lr_decay_iters is not None else max_iters
-    if it >= decay_iters:
-        return o.min_lr
-    ratio = (it - o.warmup_iters) / (decay_iters - o.warmup_iters)
-    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.lr - o.min_lr)
 
 
 def train(cfg: RunConfig, run_dir: str) -> Result:
@@ -99,16 +92,14 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
         vocab_size=model.config.vocab_size,
     )  # fmt: skip
 
-    fused = o.fused if o.fused is not None else prec.device_type in ("cuda", "cpu")
-    optimizer = torch.optim.AdamW(
-        model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
-    )
+    optimizers = optim.build(model, o, prec.device_type)
     scaler = torch.amp.GradScaler(prec.device_type, enabled=prec.needs_grad_scaler())
     it, best_val, evaluated_at = 0, float("inf"), -1
     torch.manual_seed(cfg.seed + d.rank)  # dropout differs across ranks
     if ckpt is not None:
         state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
         scaler.load_state_dict(state["scaler"])
         it, best_val, evaluated_at = state["iter"], state["best_val_loss"], state["evaluated_at"]
         _set_rng_state(state["rng"], d, prec)
@@ -131,7 +122,7 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
 
     def save(as_latest: bool, as_best: bool) -> None:
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizers": [opt.state_dict() for opt in optimizers],
             "scaler": scaler.state_dict(),
             "iter": it,
             "best_val_loss": best_val,
@@ -151,9 +142,9 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
     t_log, it_log = time.perf_counter(), it
     try:
         while True:
-            lr = lr_at(it, o, t.max_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = optim.lr_factor(it, o, t.max_iters)
+            optim.set_lr(optimizers, factor)
+            lr = o.lr * factor
 
             # ---- evaluate and checkpoint ----
             if (it % t.eval_interval == 0 or it == t.max_iters or t.eval_only) and it != evaluated_at:
@@ -186,11 +177,13 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
             if o.grad_clip > 0:
-                scaler.unscale_(optimizer)
+                for opt in optimizers:
+                    scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            scaler.step(optimizer)
+            for opt in optimizers:
+                scaler.step(opt)
+                opt.zero_grad(set_to_none=True)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             pending.append(step_loss)
 
             # ---- log: the only place losses are read back from the device ----
@@ -214,11 +207,15 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
             it += 1
 
             # In DDP, agreeing on a stop costs a collective: do it at log steps only.
-            if stop.requested(d, prec.device, at_log_step=(it - 1) % t.log_interval == 0):
+            action = stop.requested(d, prec.device, at_log_step=(it - 1) % t.log_interval == 0)
+            if action:
                 _read_losses(pending, it - len(pending), d)
                 save(as_latest=True, as_best=False)
+                if action == "save":
+                    log.info("checkpoint saved at iter %d; going on until told to stop", it)
+                    continue
                 log.info("stopped at iter %d: checkpoint saved; resume with python run.py resume=%s", it, run_dir)
-                raise Interrupted(stop.signum)
+                raise Interrupted(stop.signum, stop.hand_over())
     finally:
         stop.restore()
         if metrics is not None:
@@ -311,33 +308,64 @@ def _set_rng_state(states: list[dict[str, torch.Tensor]], d: distributed.Dist, p
 
 
 class _StopSignals:
-    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit."""
+    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    In a job sent by submitit (hydra/launcher=slurm or local), the preemption signal (USR2, as submitit asks
+    Slurm for before the time limit) also saves after the current step, then hands the signal to submitit's
+    handler, which requeues the job: it starts again in the same job dir and resumes from that checkpoint.
+    There SIGTERM only saves and training goes on, as submitit expects: Slurm sends SIGTERM just before USR2
+    when it preempts, and SIGKILL a few seconds after it when it cancels.
+    """
+
+    # Priorities of what was asked, agreed across ranks by an all-reduce MAX: requeue beats stop beats save.
+    _SAVE, _STOP, _PREEMPT = 1, 2, 3
 
     def __init__(self):
         self.signum = 0
-        self._previous = {}
-        for s in self.SIGNALS:
+        self._asked = 0
+        self._under_submitit = "SUBMITIT_EXECUTOR" in os.environ
+        # The signal submitit uses for preemption and time limits (it reads the same variable).
+        self._preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        self._previous: dict[int, Any] = {}
+        for s in (signal.SIGTERM, signal.SIGINT, self._preempt):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:  # a second signal: the user insists
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if signum == self._preempt:
+            asked = self._PREEMPT
+            log.warning("%s received (preemption or time limit): saving a checkpoint after this step", name)
+        elif signum == signal.SIGTERM and self._under_submitit:
+            asked = self._SAVE
+            log.warning("SIGTERM received: saving a checkpoint after this step, then going on (submitit job)")
+        else:
+            if self._asked >= self._STOP:  # a second signal: the user insists
+                raise KeyboardInterrupt
+            asked = self._STOP
+            log.warning("%s received: stopping after this step and saving a checkpoint", name)
+        if asked >= self._asked:
+            self._asked, self.signum = asked, signum
 
-    def requested(self, d: distributed.Dist, device: torch.device, at_log_step: bool) -> bool:
-        if not d.enabled:
-            return self.signum != 0
-        if not at_log_step:
-            return False
-        # Every rank must stop at the same step.
-        flag = torch.tensor([float(self.signum)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.signum = int(flag.item())
-        return self.signum != 0
+    def requested(self, d: distributed.Dist, device: torch.device, at_log_step: bool) -> str | None:
+        """What to do after this step: None (train on), "save" (a checkpoint, then train on) or "stop"."""
+        if d.enabled:
+            if not at_log_step:
+                return None
+            # Every rank must act at the same step, on the most urgent request any rank got.
+            flag = torch.tensor([float(self._asked * 100 + self.signum)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self._asked, self.signum = divmod(int(flag.item()), 100)
+        asked, self._asked = self._asked, (0 if self._asked == self._SAVE else self._asked)
+        return {0: None, self._SAVE: "save"}.get(asked, "stop")
+
+    def hand_over(self) -> Callable[[], None] | None:
+        """After a preemption signal: a call of the handler installed before ours, if it is Python code."""
+        previous = self._previous.get(self.signum)
+        if self.signum != self._preempt or not callable(previous):
+            return None
+        signum = self.signum
+        return lambda: previous(signum, None)
 
     def restore(self) -> None:
         for s, handler in self._previous.items():

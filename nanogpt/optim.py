@@ -1,0 +1,47 @@
+"""Optimizers and the learning-rate schedule.
+
+`build` returns a list of optimizers (one today; hybrid recipes use several, e.g. Muon for hidden matrices and
+AdamW for the rest). Every param group records its peak lr as `initial_lr`; the schedule scales all of them
+by the same factor each step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nanogpt.config import OptimConfig
+from nanogpt.model import GPT
+
+
+def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Optimizer]:
+    fused = o.fused if o.fused is not None else device_type in ("cuda", "cpu")
+    adamw = torch.optim.AdamW(
+        model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
+    )
+    optimizers = [adamw]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return optimizers
+
+
+def lr_factor(it: int, o: OptimConfig, max_iters: int) -> float:
+    """The step's lr as a fraction of the peak: linear warmup, then cosine decay to min_lr / lr, then flat."""
+    if it < o.warmup_iters:
+        return (it + 1) / (o.warmup_iters + 1)
+    floor = o.min_lr / o.lr if o.lr > 0 else 0.0
+    if not o.decay_lr:
+        return 1.0
+    decay_iters = o.lr_decay_iters if o.lr_decay_iters is not None else max_iters
+    if it >= decay_iters:
+        return floor
+    ratio = (it - o.warmup_iters) / (decay_iters - o.warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1.0 - floor)
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
