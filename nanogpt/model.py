@@ -162,7 +162,8 @@ class GPT(nn.Module):
         """Shorten the context, e.g. to finetune GPT-2 (1024) on shorter blocks."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        # A copy, not a view: a view would keep the whole table alive, and safetensors refuses to save it.
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight.detach()[:block_size].clone())
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """Weight decay on matrices (matmul weights, embeddings) only; never on biases and norm gains."""
