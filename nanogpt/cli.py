@@ -10,7 +10,7 @@ import time
 
 from omegaconf import DictConfig
 
-from nanogpt.config import PrepareConfig, RunConfig, SampleConfig, load_run_config, to_object
+from nanogpt.config import ExportConfig, PrepareConfig, RunConfig, SampleConfig, load_run_config, to_object
 from nanogpt.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("nanogpt")
@@ -89,3 +89,11 @@ def sample_main(cfg: DictConfig) -> None:
     from nanogpt.sampling import sample
 
     sample(to_object(cfg, SampleConfig))
+
+
+@exit_on_user_error
+def export_main(cfg: DictConfig) -> None:
+    e: ExportConfig = to_object(cfg, ExportConfig)
+    from nanogpt.pretrained import export_run  # torch: after the config is known to be good
+
+    export_run(e.run, e.out, e.checkpoint)

@@ -152,6 +152,15 @@ class SampleConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class ExportConfig:
+    """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
+
+    run: str | None = None  # run dir to export
+    checkpoint: str = "best"  # best | latest; a run without a best checkpoint exports its latest
+    out: str | None = None  # folder to write; None: <run dir>/huggingface
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
     from hydra.core.config_store import ConfigStore
@@ -160,6 +169,7 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     if not OmegaConf.has_resolver("nanogpt.rank_dir"):
         OmegaConf.register_new_resolver("nanogpt.rank_dir", _rank_dir)
         OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
@@ -276,6 +286,9 @@ def validate(cfg: Any) -> None:
         _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
         _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
         _check_device(cfg.device)
+    elif isinstance(cfg, ExportConfig):
+        _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
+        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
 
 
 def _check_device(d: DeviceConfig) -> None:

