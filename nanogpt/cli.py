@@ -42,7 +42,18 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
     except Interrupted as e:
         status = {"status": "interrupted", "error": str(e)}
         _write_status(run_dir, status, started, main_rank)
-        sys.exit(128 + e.signum)
+        if e.hand_over is None:
+            sys.exit(128 + e.signum)
+        try:
+            e.hand_over()  # submitit requeues the job and exits; it resumes from the checkpoint just saved
+        except Exception as why:  # submitit would not requeue it, e.g. after max_num_timeout time limits
+            status = {"status": "failed", "error": f"{e}, not requeued: {why}"}
+            if not multirun:
+                _write_status(run_dir, status, started, main_rank)
+                raise
+            log.error("job failed: %s", status["error"])
+        else:
+            sys.exit(128 + e.signum)  # not rank 0: rank 0 requeues the job
     except UserError as e:
         status = {"status": "failed", "error": str(e)}
         if not multirun:

@@ -34,6 +34,9 @@ def launch_env() -> Dist:
         return Dist(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]))
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
         return Dist(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]))
+    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:  # hydra/launcher=local with tasks_per_node > 1
+        ntasks = int(env["SUBMITIT_LOCAL_NTASKS"])
+        return Dist(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env["SUBMITIT_LOCAL_LOCALID"]), ntasks)
     return Dist()
 
 
@@ -41,8 +44,10 @@ def setup(device_type: str) -> Dist:
     """Join the process group when launched as several processes: NCCL on GPUs, gloo on CPUs."""
     d = launch_env()
     if d.enabled and not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = _slurm_master()
+        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+            addr, port = _job_master()
+            os.environ.setdefault("MASTER_ADDR", addr)
+            os.environ.setdefault("MASTER_PORT", port)
         os.environ.setdefault("RANK", str(d.rank))
         os.environ.setdefault("WORLD_SIZE", str(d.world_size))
         os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
@@ -53,14 +58,19 @@ def setup(device_type: str) -> Dist:
     return d
 
 
-def _slurm_master() -> tuple[str, str]:
-    """The first node of the Slurm allocation hosts the rendezvous, on a port derived from the job id."""
-    import submitit
+def _job_master() -> tuple[str, str]:
+    """Where rank 0 hosts the rendezvous when torchrun did not say: the first node of the Slurm allocation
+    (or this machine, for submitit's local executor), on a port derived from the job id so that jobs sharing a
+    node do not collide. Set MASTER_ADDR / MASTER_PORT to choose them yourself."""
+    env = os.environ
+    if "SLURM_JOB_NODELIST" in env:
+        from submitit.slurm.slurm import SlurmJobEnvironment  # parses Slurm's compressed node lists
 
-    env = submitit.JobEnvironment()
-    host = env.hostnames[0] if env.hostnames else "127.0.0.1"
-    port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
-    return host, str(port)
+        host = SlurmJobEnvironment().hostnames[0]
+        job = env.get("SLURM_JOB_ID", "0")
+    else:
+        host, job = "127.0.0.1", env.get("SUBMITIT_LOCAL_JOB_ID", "0")
+    return host, str(20000 + int(job) % 20000)
 
 
 def broadcast(obj: Any, d: Dist) -> Any:

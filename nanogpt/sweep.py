@@ -1,0 +1,222 @@
+"""Summarise a sweep: one row per job (its overrides, status, losses, speed, wall time) and its val loss curves.
+
+    python -m nanogpt.sweep multirun/<date>/<time>
+
+writes report.md, report.csv and val_loss.png into that dir. Hydra's multirun layout is the input: each job dir
+holds `.hydra/overrides.yaml`, `status.json` (nanogpt/cli.py) and `metrics.jsonl` (nanogpt/logging.py).
+`ReportCallback`, registered under `hydra.callbacks` in conf/train.yaml, writes the report when a sweep ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nanogpt.errors import UserError, exit_on_user_error
+
+log = logging.getLogger("nanogpt")
+
+COLUMNS = ("job", "overrides", "status", "best_val_loss", "last_train_loss", "tokens_per_s", "wall_s", "iter")
+
+
+@dataclass
+class Job:
+    """What one job dir of a sweep says about its run."""
+
+    num: str
+    path: str
+    overrides: list[str]
+    status: str
+    error: str | None = None
+    iter: int | None = None
+    best_val_loss: float | None = None
+    last_train_loss: float | None = None
+    tokens_per_s: float | None = None
+    wall_s: float | None = None
+    val_curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def read_job(path: str) -> Job:
+    """A job dir's overrides, final status and metrics; a job that never wrote them is reported as such."""
+    overrides_file = os.path.join(path, ".hydra", "overrides.yaml")
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if os.path.isfile(overrides_file) else []
+    status: dict[str, Any] = {}
+    if os.path.isfile(os.path.join(path, "status.json")):
+        with open(os.path.join(path, "status.json")) as f:
+            status = json.load(f)
+
+    # metrics.jsonl: a requeued or resumed run appends again from its checkpoint; the last record of an iter wins.
+    evals: dict[int, float] = {}
+    train: dict[int, dict[str, Any]] = {}
+    metrics_file = os.path.join(path, "metrics.jsonl")
+    if os.path.isfile(metrics_file):
+        with open(metrics_file) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if record.get("val_loss") is not None:
+                    evals[record["iter"]] = record["val_loss"]
+                if "loss" in record:
+                    train[record["iter"]] = record
+    speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
+    last_train = train[max(train)].get("loss") if train else None
+    return Job(
+        num=os.path.basename(path),
+        path=path,
+        overrides=overrides,
+        status=status.get("status", "unknown"),
+        error=status.get("error"),
+        iter=status.get("iter", max([*train, *evals], default=None)),
+        best_val_loss=status.get("best_val_loss", min(evals.values(), default=None)),
+        last_train_loss=status.get("last_train_loss", last_train),
+        tokens_per_s=round(statistics.median(speeds), 1) if speeds else None,
+        wall_s=status.get("wall_s"),
+        val_curve=sorted(evals.items()),
+    )
+
+
+def find_jobs(sweep_dir: str) -> list[Job]:
+    """The job dirs of a sweep (`<sweep dir>/<job num>/`), in job order."""
+    if not os.path.isdir(sweep_dir):
+        raise UserError(f"{sweep_dir} is not a directory: pass a sweep dir, multirun/<date>/<time>")
+    nums = [n for n in os.listdir(sweep_dir) if n.isdigit() and os.path.isdir(os.path.join(sweep_dir, n))]
+    if not nums:
+        raise UserError(f"{sweep_dir} holds no job dirs (0/, 1/, ...): pass a sweep dir, multirun/<date>/<time>")
+    return [read_job(os.path.join(sweep_dir, n)) for n in sorted(nums, key=int)]
+
+
+def _varying(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
+    """The overrides shared by every job, and each job's others (what the sweep varied)."""
+    common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs)]
+    return common, [[o for o in j.overrides if o not in common] for j in jobs]
+
+
+def _fmt(column: str, x: Any) -> str:
+    if x is None:
+        return ""
+    if column == "tokens_per_s":
+        return f"{x:,.0f}"
+    if column == "wall_s":
+        return f"{x:.1f}"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def write_report(sweep_dir: str) -> list[str]:
+    """Write report.md, report.csv and val_loss.png (when matplotlib is installed); returns their paths."""
+    jobs = find_jobs(sweep_dir)
+    common, varying = _varying(jobs)
+    rows = [
+        {
+            "job": j.num, "overrides": " ".join(v), "status": j.status, "best_val_loss": j.best_val_loss,
+            "last_train_loss": j.last_train_loss, "tokens_per_s": j.tokens_per_s, "wall_s": j.wall_s, "iter": j.iter,
+        }
+        for j, v in zip(jobs, varying, strict=True)
+    ]  # fmt: skip
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "all_overrides", "error"], lineterminator="\n")
+    writer.writeheader()
+    for row, j in zip(rows, jobs, strict=True):
+        writer.writerow({**row, "all_overrides": " ".join(j.overrides), "error": j.error or ""})
+    written = [_write(os.path.join(sweep_dir, "report.csv"), buf.getvalue())]
+
+    lines = [f"# Sweep {os.path.abspath(sweep_dir)}", ""]
+    if common:
+        lines += [f"Every job: `{' '.join(common)}`", ""]
+    done = [j for j in jobs if j.status == "completed"]
+    lines += [f"{len(done)} of {len(jobs)} jobs completed."]
+    ranked = [j for j in jobs if j.best_val_loss is not None]
+    if ranked:
+        best = min(ranked, key=lambda j: j.best_val_loss)
+        lines += [f"Best val loss: {best.best_val_loss:.4f}, job {best.num} (`{' '.join(varying[jobs.index(best)])}`)."]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [f"`{row[c]}`" if c == "overrides" and row[c] else _fmt(c, row[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [j for j in jobs if j.error]
+    if failed:
+        lines += ["", "Errors:", ""] + [f"- job {j.num} ({j.status}): {j.error}" for j in failed]
+    plot = _plot(sweep_dir, jobs, varying)
+    if plot:
+        lines += ["", "![val loss](val_loss.png)"]
+        written.append(plot)
+    written.insert(0, _write(os.path.join(sweep_dir, "report.md"), "\n".join(lines) + "\n"))
+    return written
+
+
+def _write(path: str, text: str) -> str:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot(sweep_dir: str, jobs: list[Job], varying: list[list[str]]) -> str | None:
+    """val_loss.png: every job's val loss against iterations; None without matplotlib or without evals."""
+    if not any(j.val_curve for j in jobs):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on clusters
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no val_loss.png (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for j, v in zip(jobs, varying, strict=True):
+        if j.val_curve:
+            iters, losses = zip(*j.val_curve, strict=True)
+            ax.plot(iters, losses, marker="o", markersize=3, label=f"{j.num}: {' '.join(v)}"[:80])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val loss")
+    ax.set_title("/".join(os.path.abspath(sweep_dir).split(os.sep)[-2:]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = os.path.join(sweep_dir, "val_loss.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class ReportCallback(Callback):
+    """Hydra callback: write the sweep's report once all its jobs have returned."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        try:
+            paths = write_report(sweep_dir)
+        except Exception as e:  # the jobs' results are on disk whatever happens here; the report can be redone
+            log.warning("no sweep report (%s: %s); write it with python -m nanogpt.sweep %s", type(e).__name__, e,
+                        sweep_dir)  # fmt: skip
+            return
+        log.info("sweep report: %s", ", ".join(paths))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nanogpt.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", help="a sweep's dir, multirun/<date>/<time>")
+    args = parser.parse_args(argv)
+    paths = write_report(args.sweep_dir)
+    with open(paths[0]) as f:
+        print(f.read(), end="")
+    print("wrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()
