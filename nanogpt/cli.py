@@ -47,7 +47,8 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
         try:
             e.hand_over()  # submitit requeues the job and exits; it resumes from the checkpoint just saved
         except Exception as why:  # submitit would not requeue it, e.g. after max_num_timeout time limits
-            status = {"status": "failed", "error": f"{e}, not requeued: {why}"}
+            error = f"{e}, not requeued: {why}; continue with python run.py resume={run_dir}"
+            status = {"status": "failed", "error": error}
             if not multirun:
                 _write_status(run_dir, status, started, main_rank)
                 raise
