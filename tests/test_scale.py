@@ -23,7 +23,8 @@ ENV = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pat
     p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
 
 # A run long enough to be interrupted mid-way (about 5 ms a step on a free core), short enough for a test.
-LONG = ["train.max_iters=1500", "train.log_interval=5", "train.eval_interval=500"]
+LONG_ITERS = 800
+LONG = [f"train.max_iters={LONG_ITERS}", "train.log_interval=5", "train.eval_interval=250"]
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -258,6 +259,6 @@ def test_submitit_local_preempted_job_is_requeued_and_ends_as_if_never_stopped(t
     sweep = job.parent
     for j in ("0", "1"):
         assert_complete_job(sweep / j)
-    assert 20 <= resumed_at(sweep / "0") < 1500  # from the checkpoint saved on the signal, not from scratch
+    assert 20 <= resumed_at(sweep / "0") < LONG_ITERS  # from the checkpoint saved on the signal, not from scratch
     a, b = weights(sweep / "0"), weights(sweep / "1")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -18,6 +18,7 @@ from tests.conftest import REPO, TINY, run_dirs
 from tests.test_scale import (
     ENV,
     LONG,
+    LONG_ITERS,
     assert_close,
     assert_complete_job,
     job_training,
@@ -133,7 +134,7 @@ def test_preempted_slurm_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, 
         assert_complete_job(sweep / j)
     log = "".join(p.read_text() for p in folder.glob("*_0_log.*"))  # submitit logs INFO to .out, warnings to .err
     assert "Requeued job" in log, log[-3000:]
-    assert 20 <= resumed_at(sweep / "0") < 1500  # from the checkpoint saved on the signal, in the same dir
-    assert status(sweep / "0")["iter"] == 1500
+    assert 20 <= resumed_at(sweep / "0") < LONG_ITERS  # from the checkpoint saved on the signal, in the same dir
+    assert status(sweep / "0")["iter"] == LONG_ITERS
     a, b = weights(sweep / "0"), weights(sweep / "1")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
