@@ -99,7 +99,7 @@ def find_jobs(sweep_dir: str) -> list[Job]:
 
 def _varying(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     """The overrides shared by every job, and each job's others (what the sweep varied)."""
-    common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs)]
+    common = [o for o in jobs[0].overrides if all(o in j.overrides for j in jobs)] if len(jobs) > 1 else []
     return common, [[o for o in j.overrides if o not in common] for j in jobs]
 
 
@@ -140,7 +140,8 @@ def write_report(sweep_dir: str) -> list[str]:
     ranked = [j for j in jobs if j.best_val_loss is not None]
     if ranked:
         best = min(ranked, key=lambda j: j.best_val_loss)
-        lines += [f"Best val loss: {best.best_val_loss:.4f}, job {best.num} (`{' '.join(varying[jobs.index(best)])}`)."]
+        what = " ".join(varying[jobs.index(best)])
+        lines += [f"Best val loss: {best.best_val_loss:.4f}, job {best.num}" + (f" (`{what}`)." if what else ".")]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [f"`{row[c]}`" if c == "overrides" and row[c] else _fmt(c, row[c]) for c in COLUMNS]
