@@ -4,7 +4,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nanogpt.config import register_configs
+from nanogpt.config import main_with_clean_errors, register_configs
 
 register_configs()
 
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_with_clean_errors(main)

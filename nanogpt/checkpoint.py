@@ -66,10 +66,11 @@ def save(
         for link, wanted in (("latest", as_latest), ("best", as_best)):
             if wanted:
                 _point(root, link, name)
-    except OSError as e:
+    except (OSError, SafetensorError, RuntimeError) as e:  # disk full, quota, I/O error
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
         raise UserError(
-            f"could not write a checkpoint in {root} ({e.strerror or e}): free disk space or fix the folder; "
+            f"could not write a checkpoint in {root} ({reason}): free disk space or fix the folder; "
             "the previous checkpoint is intact"
         ) from None
     _prune(root, keep_last)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
 from omegaconf import DictConfig
 
 from nanogpt.config import ExportConfig, PrepareConfig, RunConfig, SampleConfig, load_run_config, to_object
+from nanogpt.distributed import launch_env
 from nanogpt.errors import UserError, exit_on_user_error
+from nanogpt.runlock import RunDirBusy
 
 log = logging.getLogger("nanogpt")
 
@@ -19,15 +23,21 @@ log = logging.getLogger("nanogpt")
 def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool = False) -> None:
     """Train as `cfg` says. In a sweep a failed job is recorded in its status.json and the sweep goes on;
     otherwise a user error exits 2 with one line, and a signal exits 128 + its number after saving."""
-    from nanogpt.distributed import launch_env
     from nanogpt.train import Interrupted, train
 
     started = time.time()
     status: dict = {"status": "running"}
     main_rank = launch_env().rank == 0
+    if not main_rank and os.path.basename(run_dir).startswith("nanogpt-rank"):
+        # Other ranks got a throw-away Hydra dir (config._rank_dir): the run lives in rank 0's.
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     try:
         if cfg.resume:
+            from nanogpt.checkpoint import find
+
             run_dir = cfg.resume
+            if os.path.isdir(os.path.join(run_dir, ".hydra")) and find(run_dir) is None:
+                raise UserError(f"resume={run_dir}: the run has no checkpoint yet; start it again instead")
             run_cfg = load_run_config(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
         else:
             run_cfg = to_object(cfg, RunConfig)
@@ -57,6 +67,8 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             sys.exit(128 + e.signum)  # not rank 0: rank 0 requeues the job
     except UserError as e:
         status = {"status": "failed", "error": str(e)}
+        if isinstance(e, RunDirBusy):
+            main_rank = False  # the dir belongs to the live run: leave its status alone
         if not multirun:
             _write_status(run_dir, status, started, main_rank and os.path.isdir(run_dir))
             print(f"error: {e}", file=sys.stderr, flush=True)

@@ -7,8 +7,11 @@ The rest of the package takes these objects and never touches Hydra.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +103,7 @@ class TrainConfig:
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
     keep_last: int = 1  # checkpoints kept besides `best`
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (a host sync per step)
 
 
 @dataclass
@@ -175,6 +179,45 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
 
 
+def main_with_clean_errors(main: Callable[[], Any]) -> None:
+    """Run a `@hydra.main` function so that a config Hydra cannot compose (unknown key or option, wrong
+    type, bad override syntax) prints one line naming it and exits 2, instead of Hydra's multi-line report.
+    NANOGPT_TRACEBACK=1 shows the full traceback instead."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if os.environ.get("NANOGPT_TRACEBACK") == "1":
+            raise
+        print(f"error: {config_error_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def config_error_line(e: BaseException) -> str:
+    """One line saying which key, option or override was wrong and what to do."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    def first(x: BaseException) -> str:
+        return str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__
+
+    cause = e.__cause__ or e
+    key = getattr(cause, "full_key", None)
+    if isinstance(e, MissingConfigException) and e.options:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        return f"{group}={name} is not an option: choose one of {', '.join(sorted(e.options))}"
+    if isinstance(e, OverrideParseException):
+        return f"cannot parse the override {e.override!r} ({first(e)}): write it as key=value"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
+    if isinstance(cause, ValidationError) and key:
+        return f"{key}: {first(cause)}; give a value of the right type"
+    return first(e) + (f" ({first(cause)})" if cause is not e else "")
+
+
 def _launch_rank() -> int:
     for var in ("RANK", "SLURM_PROCID"):
         if var in os.environ:
@@ -202,10 +245,25 @@ def _hydra_subdir(resume: str | None) -> str | None:
 
 def to_object(cfg: DictConfig | Any, schema: type) -> Any:
     """A composed Hydra config as its validated dataclass."""
+    # Hydra's `+key=value` can slip a key past the schema: name it rather than ignore it.
+    extra = _unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
+    if extra:
+        raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
     merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(merged)
     validate(obj)
     return obj
+
+
+def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out = []
+    for key, value in values.items() if isinstance(values, dict) else ():
+        if key not in fields:
+            out.append(prefix + str(key))
+        elif dataclasses.is_dataclass(fields[key].default_factory if callable(fields[key].default_factory) else None):
+            out += _unknown_keys(value, fields[key].default_factory, f"{prefix}{key}.")
+    return out
 
 
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from nanogpt.config import OptimConfig
+from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
 
@@ -25,6 +26,21 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
     return optimizers
+
+
+def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict]) -> None:
+    """Restore optimizer moments and step counts from a checkpoint, keeping the hyperparameters (lr, betas,
+    weight decay...) of the current config: a resumed run may change them, e.g. `resume=<dir> optim.lr=1e-4`."""
+    if len(states) != len(optimizers):
+        raise UserError(
+            f"the checkpoint holds {len(states)} optimizer state(s) but optim.name needs {len(optimizers)}: "
+            "resume with the optimizer the run was trained with"
+        )
+    for opt, state in zip(optimizers, states, strict=True):
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(state)
+        for group, hyper in zip(opt.param_groups, configured, strict=True):
+            group.update(hyper)
 
 
 def lr_factor(it: int, o: OptimConfig, max_iters: int) -> float:

@@ -8,6 +8,10 @@ import os
 from nanogpt.errors import UserError
 
 
+class RunDirBusy(UserError):
+    """Another live process holds the run dir: touch nothing in it."""
+
+
 class RunLock:
     def __init__(self, run_dir: str):
         os.makedirs(run_dir, exist_ok=True)
@@ -18,7 +22,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(self._fd, 64).decode(errors="replace").strip() or "?"
             os.close(self._fd)
-            raise UserError(
+            raise RunDirBusy(
                 f"{run_dir} is in use by another live run (pid {holder}): wait for it to finish or stop it"
             ) from None
         # A lock left by a dead process was released by the OS with it, so taking it over is automatic.

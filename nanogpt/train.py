@@ -20,7 +20,7 @@ from nanogpt import checkpoint, distributed, optim
 from nanogpt import device as devices
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.data.batches import Batches
-from nanogpt.data.prepare import SPLITS, dataset_dir, is_prepared, prepare
+from nanogpt.data.prepare import SPLITS, dataset_dir, prepare
 from nanogpt.errors import UserError
 from nanogpt.logging import MetricsLog
 from nanogpt.model import GPT
@@ -77,7 +77,8 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
 
     # ---- data: prepared by rank 0 if missing ----
     data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
-    if d.is_main and not is_prepared(data_path):
+    # Only a data set never prepared is built here: damaged token files are reported, never silently rebuilt.
+    if d.is_main and not os.path.exists(os.path.join(data_path, "meta.json")):
         log.info("%s is not prepared yet: preparing it now", data_path)
         prepare(cfg.data, cfg.paths.data_dir)
     distributed.barrier(d)
@@ -98,8 +99,7 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
     torch.manual_seed(cfg.seed + d.rank)  # dropout differs across ranks
     if ckpt is not None:
         state = checkpoint.load_state(ckpt)
-        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        optim.load_states(optimizers, state["optimizers"])
         scaler.load_state_dict(state["scaler"])
         it, best_val, evaluated_at = state["iter"], state["best_val_loss"], state["evaluated_at"]
         _set_rng_state(state["rng"], d, prec)
@@ -176,14 +176,20 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
                     loss = loss / accum  # the step's gradient is the mean over its micro-batches
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
-            if o.grad_clip > 0:
+            if t.skip_nonfinite and not math.isfinite(distributed.all_reduce_mean(step_loss.clone(), d).item()):
+                log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", it)
                 for opt in optimizers:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            for opt in optimizers:
-                scaler.step(opt)
-                opt.zero_grad(set_to_none=True)
-            scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                step_loss.fill_(0.0)  # skipped steps do not stop the run at the next log
+            else:
+                if o.grad_clip > 0:
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                for opt in optimizers:
+                    scaler.step(opt)
+                    opt.zero_grad(set_to_none=True)
+                scaler.update()
             pending.append(step_loss)
 
             # ---- log: the only place losses are read back from the device ----
@@ -263,7 +269,9 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     meta = read_meta(data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
-        model = GPT(ModelConfig(**info["model"]))
+        saved = ModelConfig(**info["model"])
+        _check_same_model(cfg, saved, info, meta, ckpt)
+        model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
         checkpoint.load_weights(model, ckpt)
         return model, info
     if cfg.init_from == "scratch":
@@ -280,6 +288,26 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
         "init_from": cfg.init_from,
     }
     return model, info
+
+
+def _check_same_model(cfg: RunConfig, saved: ModelConfig, info: dict, meta: dict, ckpt: str) -> None:
+    """A checkpoint only resumes under the model shape and tokenizer it was trained with."""
+    if info["tokenizer"] != meta["tokenizer"]:
+        raise UserError(
+            f"the data set {cfg.data.name!r} is tokenized differently from checkpoint {ckpt}: "
+            "resume with the data the run was trained on"
+        )
+    if cfg.init_from != "scratch":
+        return  # the shape came from the pretrained model, not from cfg.model
+    asked = dataclasses.asdict(cfg.model)
+    for key, value in dataclasses.asdict(saved).items():
+        if key in ("dropout", "pad_vocab_multiple") or (key == "vocab_size" and asked[key] is None):
+            continue
+        if asked[key] != value:
+            raise UserError(
+                f"model.{key}={asked[key]} but checkpoint {ckpt} was trained with model.{key}={value}: "
+                "resume with the model config the run was trained with"
+            )
 
 
 def _pad(n: int, multiple: int) -> int:

@@ -19,7 +19,7 @@ OFFLINE_ENV = {
     "NANOGPT_OFFLINE": "1",
     "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
-    "HYDRA_FULL_ERROR": "0",
+    "OMP_NUM_THREADS": "1",  # tiny models: one thread is fastest, and no oversubscription on a busy machine
 }
 os.environ.update(OFFLINE_ENV)
 

@@ -42,6 +42,7 @@ class Batches:
                     f"the {split} split of {path} has {len(arr)} tokens, not more than one block "
                     f"(model.block_size={block_size}): lower model.block_size or give more text"
                 )
+            _check_token_range(path, split, arr, self.meta["vocab_size"])
         self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
         self.seed, self.device = seed, device
         self._step: int | None = None
@@ -73,3 +74,16 @@ class Batches:
             # Pinned memory lets the copy run asynchronously with the GPU's work.
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+def _check_token_range(path: str, split: str, arr: np.ndarray, vocab_size: int, limit: int = 2**28) -> None:
+    """Every token id must index the embedding: out-of-range ids crash CUDA kernels with no useful message.
+    Scanned in chunks (about 1 ms per million tokens); files past `limit` tokens rely on meta.json."""
+    if len(arr) > limit:
+        return
+    top = max(int(arr[i : i + 2**24].max()) for i in range(0, len(arr), 2**24))
+    if top >= vocab_size:
+        raise UserError(
+            f"{os.path.join(path, split + '.bin')} holds token id {top}, beyond the vocabulary of {vocab_size}: "
+            "the token files do not match meta.json; prepare the data set again with force=true"
+        )

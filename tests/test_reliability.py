@@ -1,0 +1,454 @@
+"""Bad input gets one clear line and a non-zero exit, and loses nothing; faults never cost a run.
+
+Each case of docs/RELIABILITY.md has a test here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.test_train import free_port, losses, weights
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (following the checkpoint links), to prove nothing was overwritten."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def popen_run(cwd: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *TINY, *args],
+        cwd=cwd, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, char_data) -> Path:
+    """A finished tiny run with checkpoints at iters 4 and 8 (copy it before changing it)."""
+    base = tmp_path_factory.mktemp("trained")
+    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=8", "train.eval_interval=4", cwd=base)
+    return run_dirs(base)[-1]
+
+
+@pytest.fixture
+def run_copy(tmp_path, trained) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst, symlinks=True)
+    return dst
+
+
+# ---- configuration ----
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["model.foo=1"], "model.foo"),
+        (["+model.foo=1"], "model.foo"),
+        (["model=gtp2"], "model=gtp2"),
+        (["train.batch_size=abc"], "train.batch_size"),
+        (["optim.lr=["], "optim.lr=["),
+        (["train.batch_size=0"], "train.batch_size=0"),
+        (["model.block_size=0"], "model.block_size=0"),
+        (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30"),
+        (["model.dropout=1.0"], "model.dropout=1.0"),
+        (["optim.lr=-1"], "optim.lr=-1"),
+        (["optim.warmup_iters=50", "train.max_iters=10"], "optim.warmup_iters=50"),
+        (["train.eval_iters=0"], "train.eval_iters=0"),
+        (["device.device=cuda"], "device.device=cuda"),
+        (["device.device=mps"], "device.device=mps"),
+        (["device.dtype=float16"], "device.dtype=float16"),
+        (["device.device=tpu"], "device.device='tpu'"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path, char_data, args, named):
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=tmp_path, check=False)
+    one_line_error(proc, named)
+
+
+def test_block_size_beyond_pretrained_context(tmp_path, char_data):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(tmp_path / "hf")
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", f"init_from={tmp_path / 'hf'}",
+                     "model.block_size=64", cwd=tmp_path, check=False)  # fmt: skip
+    one_line_error(proc, "model.block_size=64", "32")
+
+
+# ---- data ----
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "latin1", "empty_dir", "binary_dir"])
+def test_bad_source_is_one_line_and_writes_nothing(tmp_path, kind):
+    src = tmp_path / "src.txt"
+    if kind == "empty":
+        src.write_text("")
+    elif kind == "latin1":
+        src.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    elif kind == "empty_dir":
+        src.mkdir()
+    elif kind == "binary_dir":
+        src.mkdir()
+        (src / "a.bin").write_bytes(bytes(range(256)))
+    proc = run_entry("prepare.py", f"data.source={src}", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path,
+                     check=False)  # fmt: skip
+    one_line_error(proc, "src.txt")
+    assert not (tmp_path / "data" / "shakespeare_char" / "meta.json").exists()
+    assert not list((tmp_path / "data").rglob("*.bin")) if (tmp_path / "data").exists() else True
+
+
+def copy_data(char_data: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(char_data / "shakespeare_char", root / "shakespeare_char")
+    return root
+
+
+@pytest.mark.parametrize("damage", ["truncated", "out_of_vocab", "corrupt_meta"])
+def test_damaged_token_files_are_one_line(tmp_path, char_data, damage):
+    root = copy_data(char_data, tmp_path)
+    ds = root / "shakespeare_char"
+    if damage == "truncated":
+        with open(ds / "val.bin", "r+b") as f:
+            f.truncate(1000)
+    elif damage == "out_of_vocab":
+        arr = np.memmap(ds / "val.bin", dtype=np.uint16, mode="r+")
+        arr[500] = 9000
+        arr.flush()
+    else:
+        (ds / "meta.json").write_text('{"vocab_size": 65, "dtype": "uint1')
+    before = snapshot(ds)
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={root}", "data.source=/nonexistent", cwd=tmp_path, check=False)
+    one_line_error(proc, {"truncated": "val.bin", "out_of_vocab": "9000", "corrupt_meta": "meta.json"}[damage])
+    assert snapshot(ds) == before
+
+
+def test_data_shorter_than_one_block(tmp_path):
+    (tmp_path / "short.txt").write_text("to be or not to be, that is the question\n" * 3)
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"data.source={tmp_path / 'short.txt'}",
+                     cwd=tmp_path, check=False)  # fmt: skip
+    one_line_error(proc, "val split", "model.block_size=32")
+
+
+def test_model_vocab_smaller_than_data(tmp_path, char_data):
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "model.vocab_size=50", cwd=tmp_path, check=False)
+    one_line_error(proc, "model.vocab_size=50", "65")
+
+
+# ---- checkpoints and run dirs ----
+
+
+def test_resume_without_checkpoint_or_run_dir(tmp_path, char_data):
+    one_line_error(run_entry("run.py", f"resume={tmp_path}", cwd=tmp_path, check=False), "not a run dir")
+    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "train.eval_only=true", cwd=tmp_path)
+    [run] = run_dirs(tmp_path)
+    one_line_error(run_entry("run.py", f"resume={run}", cwd=tmp_path, check=False), "no checkpoint")
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "garbage_state", "missing_info"])
+def test_corrupt_checkpoint_is_refused(tmp_path, run_copy, damage):
+    ckpt = (run_copy / "checkpoints" / "latest").resolve()
+    if damage == "truncated_weights":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_state":
+        (ckpt / "trainer.pt").write_bytes(b"\x00garbage" * 100)
+    else:
+        (ckpt / "info.json").unlink()
+    before = snapshot(run_copy / "checkpoints")
+    proc = run_entry("run.py", f"resume={run_copy}", "train.max_iters=12", cwd=tmp_path, check=False)
+    one_line_error(proc, str(ckpt))
+    assert snapshot(run_copy / "checkpoints") == before
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path, run_copy):
+    proc = run_entry("run.py", f"resume={run_copy}", "model.n_layer=3", cwd=tmp_path, check=False)
+    one_line_error(proc, "model.n_layer=3", "model.n_layer=2")
+
+
+def test_pickle_with_code_is_refused_and_never_run(tmp_path, run_copy):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+    import zipfile
+
+    # A torch.save-style zip whose data.pkl runs a command when unpickled without weights_only.
+    ckpt = (run_copy / "checkpoints" / "latest").resolve()
+    with zipfile.ZipFile(ckpt / "trainer.pt", "w") as z:
+        z.writestr("trainer/data.pkl", pickle.dumps({"iter": Exploit()}, protocol=2))
+        z.writestr("trainer/version", "3\n")
+    proc = run_entry("run.py", f"resume={run_copy}", "train.max_iters=12", cwd=tmp_path, check=False)
+    one_line_error(proc, "refusing to load")
+    assert not marker.exists()
+
+
+def test_live_run_dir_is_locked_and_stale_lock_taken_over(tmp_path, run_copy):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from nanogpt.runlock import RunLock; RunLock({str(run_copy)!r}); "
+         "print('held', flush=True); import time; time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path, check=False)
+        one_line_error(proc, "in use by another live run", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died with its lock: the next run takes it over.
+    run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path)
+    assert json.loads((run_copy / "status.json").read_text())["iter"] == 10
+
+
+# ---- sampling ----
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["start='ROMEO\u2603'"], "'\u2603'"),
+        (["start=FILE:nope.txt"], "nope.txt"),
+        (["num_samples=0"], "num_samples=0"),
+        (["max_new_tokens=0"], "max_new_tokens=0"),
+        (["temperature=-0.5"], "temperature=-0.5"),
+        (["top_k=0"], "top_k=0"),
+        (["top_k=1000"], "top_k=1000"),
+        (["top_p=0"], "top_p=0"),
+        (["top_p=1.5"], "top_p=1.5"),
+    ],
+)
+def test_bad_sampling_input_is_one_line(tmp_path, trained, args, named):
+    one_line_error(run_entry("sample.py", f"run={trained}", *args, cwd=tmp_path, check=False), named)
+
+
+def test_greedy_sampling_with_temperature_zero(tmp_path, trained):
+    outs = [run_entry("sample.py", f"run={trained}", "temperature=0", "max_new_tokens=20", "num_samples=2",
+                      f"seed={s}", cwd=tmp_path).stdout for s in (1, 2)]  # fmt: skip
+    assert outs[0] == outs[1]
+
+
+# ---- logging ----
+
+
+def test_wandb_without_key_or_network_goes_offline(tmp_path, char_data):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update({k: v for k, v in OFFLINE_ENV.items() if k != "WANDB_MODE"}, HOME=str(tmp_path), WANDB_DIR=str(tmp_path))
+    # `script` gives the run a terminal on stdin: where wandb would otherwise sit at its login prompt.
+    cmd = [
+        sys.executable,
+        str(REPO / "run.py"),
+        *TINY,
+        f"paths.data_dir={char_data}",
+        "logger=wandb",
+        "train.max_iters=3",
+    ]
+    proc = subprocess.run(["script", "-qec", " ".join(cmd), "/dev/null"] if shutil.which("script") else cmd,
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "logging offline" in proc.stdout + proc.stderr
+    [run] = run_dirs(tmp_path)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert list((run / "wandb").glob("offline-run-*"))
+
+
+# ---- faults ----
+
+
+def straight_run(tmp: Path, data: Path, *args: str) -> Path:
+    tmp.mkdir()
+    run_entry("run.py", *TINY, f"paths.data_dir={data}", *args, cwd=tmp)
+    return run_dirs(tmp)[-1]
+
+
+def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
+    args = [f"paths.data_dir={char_data}", "train.max_iters=60", "train.eval_interval=20", "model.dropout=0.1"]
+    straight = straight_run(tmp_path / "straight", char_data, *args[1:])
+    (tmp_path / "stopped").mkdir()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        if sig == signal.SIGINT:
+            proc = popen_run(tmp_path / "stopped", *args)
+        else:
+            [run] = run_dirs(tmp_path / "stopped")
+            proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), f"resume={run}"], cwd=tmp_path / "stopped",
+                                    env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)  # fmt: skip
+        wait_for_progress(tmp_path / "stopped", beyond=0 if sig == signal.SIGINT else last_iter(tmp_path / "stopped"))
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err
+        [run] = run_dirs(tmp_path / "stopped")
+        assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+        assert "checkpoint saved" in out + err
+    run_entry("run.py", f"resume={run}", cwd=tmp_path / "stopped")
+    a, b = weights(straight), weights(run)
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def last_iter(base: Path) -> int:
+    runs = run_dirs(base) if (base / "outputs").exists() else []
+    path = runs[-1] / "metrics.jsonl" if runs else None
+    if path is None or not path.exists():
+        return -1
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1])["iter"] if lines else -1
+
+
+def wait_for_progress(base: Path, beyond: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while last_iter(base) <= beyond + 1:
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.05)
+
+
+def metric_lines(base: Path) -> int:
+    runs = run_dirs(base) if (base / "outputs").exists() else []
+    path = runs[-1] / "metrics.jsonl" if runs else None
+    return len(path.read_text().splitlines()) if path is not None and path.exists() else 0
+
+
+def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
+    args = ["train.max_iters=100", "train.eval_interval=2", "train.always_save_checkpoint=true", "model.dropout=0.1"]
+    straight = straight_run(tmp_path / "straight", char_data, *args)
+    work = tmp_path / "killed"
+    work.mkdir()
+    rng = random.Random(0)
+
+    def start() -> subprocess.Popen:
+        runs = run_dirs(work) if (work / "outputs").exists() else []
+        if runs and (runs[-1] / "checkpoints" / "latest").exists():
+            return subprocess.Popen([sys.executable, str(REPO / "run.py"), f"resume={runs[-1]}"], cwd=work,
+                                    env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+        shutil.rmtree(work / "outputs", ignore_errors=True)  # killed before its first checkpoint: start over
+        return popen_run(work, f"paths.data_dir={char_data}", *args)
+
+    proc = start()
+    for _ in range(20):
+        # Let it make a little progress, then kill it at a random moment: mid-step, mid-eval or mid-save.
+        target = metric_lines(work) + rng.randint(1, 3)
+        deadline = time.time() + 120
+        while metric_lines(work) < target and proc.poll() is None:
+            assert time.time() < deadline, "the run made no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.05))
+        assert proc.poll() is None, "the run finished before 20 kills: raise train.max_iters"
+        proc.kill()
+        proc.wait()
+        proc = start()
+    assert proc.wait(timeout=600) == 0
+    [run] = run_dirs(work)
+    a, b = weights(straight), weights(run)
+    assert all(a[k].equal(b[k]) for k in a)
+    assert losses(straight)[-1] == losses(run)[-1]
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, run_copy):
+    """SIGKILL while a checkpoint is half written: `latest` still names the previous, complete one."""
+    script = f"""
+import sys, time, safetensors.torch as st
+from nanogpt import checkpoint
+from nanogpt.model import GPT
+from nanogpt.config import ModelConfig
+orig = st.save_model
+def slow(model, path, *a, **k):
+    orig(model, path, *a, **k)
+    with open(path, "r+b") as f:
+        f.truncate(100)  # as if the process died mid-write
+    print("writing", flush=True)
+    time.sleep(60)
+checkpoint.save_model = slow
+info = checkpoint.load_info(checkpoint.find({str(run_copy)!r}))
+model = GPT(ModelConfig(**info["model"]))
+checkpoint.save({str(run_copy)!r}, model, {{"iter": 99}}, {{**info, "iter": 99}})
+"""
+    before = snapshot(run_copy / "checkpoints")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    after = {k: v for k, v in snapshot(run_copy / "checkpoints").items() if ".tmp-" not in k}
+    assert after == before
+    run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path)  # loads, resumes, cleans up
+    assert not [p for p in (run_copy / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
+    """A disk that fills up (here: a file size limit) fails the save with one line; the old checkpoint stays."""
+    before = snapshot(run_copy / "checkpoints")
+    size = (run_copy / "checkpoints" / "latest" / "model.safetensors").stat().st_size
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG rather than kill the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), f"resume={run_copy}", "train.max_iters=12"],
+                          cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=300)  # fmt: skip
+    one_line_error(proc, "could not write a checkpoint", "previous checkpoint is intact")
+    after = {k: v for k, v in snapshot(run_copy / "checkpoints").items() if ".tmp-" not in k}
+    assert after == before
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, char_data):
+    run = straight_run(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
+    before = snapshot(run / "checkpoints")
+    proc = run_entry("run.py", f"resume={run}", "train.max_iters=20", "optim.lr=1e12", "optim.grad_clip=0",
+                     cwd=tmp_path, check=False)  # fmt: skip
+    line = one_line_error(proc, "loss is nan at iter")
+    assert int(line.split("at iter ")[1].split(":")[0]) >= 4
+    assert snapshot(run / "checkpoints") == before
+    # Opting in to skipping: the run goes on past the bad steps and finishes.
+    proc = run_entry("run.py", f"resume={run}", "train.max_iters=8", "optim.lr=1e12", "optim.grad_clip=0",
+                     "train.skip_nonfinite=true", cwd=tmp_path)  # fmt: skip
+    assert "skipping this step" in proc.stderr + proc.stdout
+
+
+def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
+    """Two torchrun "nodes": node 1 finds its token files damaged after the group is up and exits; node 0 must
+    fail promptly instead of waiting in a collective forever."""
+    bad = copy_data(char_data, tmp_path)
+    with open(bad / "shakespeare_char" / "val.bin", "r+b") as f:
+        f.truncate(100)
+    port = free_port()
+    procs = []
+    for node, data in ((0, char_data), (1, bad)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+               f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", str(REPO / "run.py"),
+               *TINY, f"paths.data_dir={data}", "train.max_iters=200", "train.grad_accum=2",
+               "data.source=/nonexistent"]  # fmt: skip
+        (tmp_path / f"node{node}").mkdir()
+        env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "NANOGPT_DIST_TIMEOUT": "60"}
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    started = time.time()
+    codes = [p.wait(timeout=240) for p in procs]
+    assert all(c != 0 for c in codes), codes
+    assert time.time() - started < 200
+    for p in procs:
+        p.communicate()
