@@ -2,9 +2,10 @@
 
 nanoGPT's recipe: the `train` split is cut into train/val by `train_test_split(test_size=val_fraction,
 seed=2357, shuffle=True)`; every document is tokenized with `encode_ordinary` and followed by one
-end-of-text token (50256). Worker processes tokenize ranges of documents; the main process writes their
-tokens to the .bin file in document order as they arrive, so memory holds a few ranges at a time, never
-the token stream. Files are written under temporary names and renamed at the end; meta.json comes last.
+end-of-text token (50256). Worker processes tokenize ranges of documents; the main process appends their
+tokens to the .bin file in document order as they arrive (plain writes: the bytes nanoGPT's memmap would
+hold, without mapping a file the size of the corpus), so memory holds a few ranges at a time, never the
+token stream. Files are written under temporary names and renamed at the end; meta.json comes last.
 
 With the character tokenizer, documents are joined by a newline instead (a character vocabulary has no
 end-of-text token), and the vocabulary is every character of the data set, found in a first pass.
@@ -12,12 +13,14 @@ end-of-text token), and the vocabulary is every character of the data set, found
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import logging
 import math
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,6 +48,8 @@ _BUILDERS = {
 }  # fmt: skip
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 _RANGES_IN_FLIGHT = 2  # tasks queued per worker: enough to keep them busy, few enough to bound memory
+_ROWS_PER_READ = 8  # documents read from the memory-mapped files between two releases of their pages
+_MADV_DONTNEED = 4  # Linux
 
 
 def prepare_hf_dataset(data: DataConfig, out: str) -> str:
@@ -258,7 +263,12 @@ def _char_encoder(chars: list[str]) -> Callable[[list[str]], np.ndarray]:
 
 
 def _texts(start: int, stop: int) -> list[str]:
-    return _worker["docs"][start:stop]["text"]
+    """Documents start..stop-1, read `_ROWS_PER_READ` at a time, each read's mapped pages let go at once."""
+    texts: list[str] = []
+    for i in range(start, stop, _ROWS_PER_READ):
+        texts += _worker["docs"][i : min(i + _ROWS_PER_READ, stop)]["text"]
+        _release_mapped_pages()
+    return texts
 
 
 def _encode_range(start: int, stop: int) -> np.ndarray:
@@ -272,6 +282,35 @@ def _chars_of_range(start: int, stop: int) -> set[str]:
     return seen
 
 
+def _release_mapped_pages() -> None:
+    """Drop this process's mappings of the data set's pages read so far (Linux; elsewhere a no-op).
+
+    The arrow files are memory-mapped read-only, and the documents of a shuffled split sit anywhere in them.
+    Every page a read touches, and the neighbours the kernel maps along with it (hundreds of KB a document),
+    would stay in the worker's resident set, which would grow to the size of the corpus. MADV_DONTNEED on a
+    read-only file mapping only forgets the mapping: the pages stay in the page cache, and a later read maps
+    them again."""
+    if "mapped" not in _worker:  # the mappings are made when the data set is opened: look them up once
+        _worker["mapped"] = _mapped_ranges({os.path.realpath(f["filename"]) for f in _worker["docs"].cache_files})
+        _worker["madvise"] = ctypes.CDLL(None, use_errno=True).madvise if _worker["mapped"] else None
+    for start, length in _worker["mapped"]:
+        _worker["madvise"](ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED)
+
+
+def _mapped_ranges(files: set[str]) -> list[tuple[int, int]]:
+    """(address, length) of this process's read-only mappings of `files`, from /proc/self/maps."""
+    if not files or not sys.platform.startswith("linux"):
+        return []
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and "w" not in fields[1] and fields[5].rstrip("\n") in files:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end - start))
+    return ranges
+
+
 def _ranges(n: int, num_proc: int) -> list[tuple[int, int]]:
     """Contiguous document ranges: a few per worker for small sets, at most 256 documents each for large."""
     size = max(1, min(256, -(-n // (4 * num_proc))))
@@ -279,23 +318,15 @@ def _ranges(n: int, num_proc: int) -> list[tuple[int, int]]:
 
 
 def _in_order(fn: Callable[[int, int], Any], docs: Dataset, encoder: tuple, num_proc: int, desc: str) -> Iterator[Any]:
-    """`fn` of every document range, in document order, computed by `num_proc` worker processes.
+    """`fn` of every document range, in document order, computed by `num_proc` worker processes (a pool even
+    for one: the main process never reads the text, so its memory stays flat).
 
     At most `_RANGES_IN_FLIGHT` ranges per worker are queued or done but not yet consumed: memory holds a
     handful of ranges whatever the size of the data set."""
     ranges = _ranges(len(docs), num_proc)
     with tqdm(total=len(docs), desc=desc, unit="docs", dynamic_ncols=True) as bar:
-        if num_proc == 1:
-            _init_worker(docs, encoder)
-            try:
-                for start, stop in ranges:
-                    yield fn(start, stop)
-                    bar.update(stop - start)
-            finally:
-                _worker.clear()
-            return
         todo = iter(ranges)
-        with multiprocessing.get_context().Pool(num_proc, initializer=_init_worker, initargs=(docs, encoder)) as pool:
+        with multiprocessing.get_context().Pool(num_proc, _init_worker, (docs, encoder)) as pool:
             pending: deque = deque()
 
             def submit() -> None:
