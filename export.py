@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from nanogpt.config import register_configs
+from nanogpt.config import main_with_clean_errors, register_configs
 
 register_configs()
 
@@ -16,4 +16,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_with_clean_errors(main)
