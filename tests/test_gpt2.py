@@ -144,7 +144,7 @@ def test_prepare_hf_dataset_mistakes_are_one_clear_line(tmp_path, monkeypatch):
                      f"paths.data_dir={tmp_path}", cwd=tmp_path, check=False, env=hf_env(tmp_path))  # fmt: skip
     assert proc.returncode == 2 and "matches no files" in proc.stderr and "Traceback" not in proc.stderr
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf-cache")  # read when loading
     (tmp_path / "d.jsonl").write_text('{"body": "x"}\n{"body": "y"}\n', encoding="utf-8")
     cases = {
         str(tmp_path / "d.jsonl"): "data.text_column='text' is not a column",
