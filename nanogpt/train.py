@@ -280,6 +280,15 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     else:
         from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
 
+        if meta["tokenizer"].get("kind") != "gpt2":
+            raise UserError(
+                f"init_from={cfg.init_from} needs data in GPT-2's BPE, but {cfg.data.name!r} is tokenized with "
+                f"{meta['tokenizer'].get('kind')!r}: use data=shakespeare, or data.tokenizer=gpt2 for your text"
+            )
+        log.info(
+            "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
+            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)", cfg.init_from, cfg.model.block_size, cfg.model.dropout,
+        )  # fmt: skip
         model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
     info = {
         "model": dataclasses.asdict(model.config),

@@ -89,12 +89,17 @@ def test_bad_config_is_one_line(tmp_path, char_data, args, named):
     one_line_error(proc, named)
 
 
-def test_block_size_beyond_pretrained_context(tmp_path, char_data):
+def test_pretrained_model_limits(tmp_path, char_data, shakespeare):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(tmp_path / "hf")
-    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", f"init_from={tmp_path / 'hf'}",
-                     "model.block_size=64", cwd=tmp_path, check=False)  # fmt: skip
+    pretrained = [*TINY, f"init_from={tmp_path / 'hf'}"]
+    # GPT-2's weights on character ids would train garbage: refused.
+    proc = run_entry("run.py", *pretrained, f"paths.data_dir={char_data}", cwd=tmp_path, check=False)
+    one_line_error(proc, "GPT-2's BPE", "'char'")
+    # A block longer than the model's context.
+    proc = run_entry("run.py", *pretrained, f"paths.data_dir={tmp_path / 'data'}", "data=shakespeare",
+                     f"data.source={shakespeare}", "model.block_size=64", cwd=tmp_path, check=False)  # fmt: skip
     one_line_error(proc, "model.block_size=64", "32")
 
 

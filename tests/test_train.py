@@ -78,7 +78,7 @@ def test_help_lists_groups_and_cfg_prints_resolved_config(tmp_path):
 
 @pytest.mark.parametrize(
     "override, named",
-    [("model.foo=1", "model.foo"), ("train.batch_size=abc", "train.batch_size"), ("model=gtp2", "model/gtp2")],
+    [("model.foo=1", "model.foo"), ("train.batch_size=abc", "train.batch_size"), ("model=gtp2", "model=gtp2")],
 )
 def test_bad_key_or_type_fails_naming_it(tmp_path, override, named):
     proc = run_entry("run.py", override, cwd=tmp_path, check=False)
