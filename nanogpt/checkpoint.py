@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 from nanogpt.errors import UserError
 
@@ -40,7 +40,7 @@ def find(run_dir: str, which: str = "latest") -> str | None:
 
 def save(
     run_dir: str,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     state: dict[str, Any],
     info: dict[str, Any],
     *,
@@ -48,14 +48,18 @@ def save(
     as_best: bool = False,
     keep_last: int = 1,
 ) -> str:
-    """Write a checkpoint and point `latest` and/or `best` at it; returns its folder."""
+    """Write a checkpoint and point `latest` and/or `best` at it; returns its folder. `model` is the module,
+    or its whole state dict with tied weights kept once (what an FSDP run gathers on rank 0)."""
     root = checkpoints_dir(run_dir)
     os.makedirs(root, exist_ok=True)
     name = _free_name(root, f"iter-{info['iter']:07d}")
     final, tmp = os.path.join(root, name), os.path.join(root, f"{name}.tmp-{os.getpid()}")
     try:
         os.makedirs(tmp)
-        save_model(model, os.path.join(tmp, WEIGHTS))
+        if isinstance(model, dict):
+            save_file({k: v.contiguous() for k, v in model.items()}, os.path.join(tmp, WEIGHTS))
+        else:
+            save_model(model, os.path.join(tmp, WEIGHTS))
         torch.save(state, os.path.join(tmp, STATE))
         with open(os.path.join(tmp, INFO), "w") as f:
             json.dump(info, f, indent=1)

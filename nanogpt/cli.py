@@ -67,8 +67,8 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             sys.exit(128 + e.signum)  # not rank 0: rank 0 requeues the job
     except UserError as e:
         status = {"status": "failed", "error": str(e)}
-        if isinstance(e, RunDirBusy):
-            main_rank = False  # the dir belongs to the live run: leave its status alone
+        if isinstance(e, RunDirBusy) or (cfg.resume and not getattr(e, "during_training", False)):
+            main_rank = False  # a refused resume, or a live run's dir: leave the run's record alone
         if not multirun:
             _write_status(run_dir, status, started, main_rank and os.path.isdir(run_dir))
             print(f"error: {e}", file=sys.stderr, flush=True)

@@ -103,6 +103,7 @@ class TrainConfig:
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
     keep_last: int = 1  # checkpoints kept besides `best`
+    parallel: str = "ddp"  # several processes: ddp (a replica each) | fsdp (weights and optimizer state sharded)
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (a host sync per step)
 
 
@@ -311,6 +312,11 @@ def validate(cfg: Any) -> None:
         _check(t.eval_iters > 0, f"train.eval_iters={t.eval_iters} must be > 0")
         _check(t.log_interval > 0, f"train.log_interval={t.log_interval} must be > 0")
         _check(t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1")
+        _check(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}: use ddp or fsdp")
+        _check(
+            not (t.parallel == "fsdp" and o.name == "muon"),
+            "optim.name=muon orthogonalises whole matrices, which FSDP shards: use train.parallel=ddp with Muon",
+        )
         _check(o.name == "adamw", f"optim.name={o.name!r} is not an optimizer we have: use adamw")
         _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
         _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")

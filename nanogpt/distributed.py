@@ -1,10 +1,13 @@
-"""Process group setup from the launcher's environment (torchrun, or Slurm through submitit) and the
-DDP wrap. The model and the training loop know nothing of this beyond `Dist`."""
+"""Process group setup from the launcher's environment (torchrun, or Slurm through submitit), and the data
+parallel wraps: DDP (a full replica per process) or FSDP (parameters, gradients and optimizer state sharded
+across processes, for models that do not fit one GPU with DDP). The model knows nothing of this."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +100,69 @@ def barrier(d: Dist) -> None:
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, parallel: str, d: Dist, device: torch.device) -> torch.nn.Module:
+    """The module to train: `model` itself on one process, else its DDP or FSDP wrap."""
+    if not d.enabled:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # One shard group per block, so only one block's full weights exist at a time; then the rest.
+        for block in model.transformer.h:
+            fully_shard(block)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on accumulation micro-steps."""
+    if not enabled and hasattr(wrapped, "no_sync"):  # DDP
+        with wrapped.no_sync():
+            yield
+    elif not enabled and hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:  # the last micro-batch, or a single process
+        yield
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state(
+    model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], d: Dist
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """A sharded model's weights and optimizer state gathered whole on rank 0's CPU (a collective: every rank
+    calls it), so that checkpoints hold the same files with or without FSDP. Other ranks get empty values.
+    Tied parameters (the embedding and the head) come back once, under the name save_model keeps."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=whole)
+    opt_state = get_optimizer_state_dict(model, optimizers, options=whole)
+    if not d.is_main:
+        return {}, []
+    last_name: dict[int, str] = {}  # safetensors' save_model keeps the last name of a tied group (lm_head)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in last_name:
+            weights.pop(last_name[id(p)], None)
+        last_name[id(p)] = name
+    return weights, [{"fsdp": opt_state}]
+
+
+def load_sharded_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], state: dict) -> None:
+    """Load a whole optimizer state (saved by `full_state`) into this rank's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizers, state["fsdp"], options=StateDictOptions(full_state_dict=True))

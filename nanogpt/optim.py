@@ -28,18 +28,30 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
     return optimizers
 
 
-def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict]) -> None:
+def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], model: torch.nn.Module) -> None:
     """Restore optimizer moments and step counts from a checkpoint, keeping the hyperparameters (lr, betas,
     weight decay...) of the current config: a resumed run may change them, e.g. `resume=<dir> optim.lr=1e-4`."""
-    if len(states) != len(optimizers):
+    from nanogpt.distributed import is_sharded, load_sharded_optimizer_state
+
+    configured = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in optimizers]
+    saved_sharded, sharded = bool(states) and "fsdp" in states[0], is_sharded(model)
+    if saved_sharded != sharded:
+        raise UserError(
+            f"the checkpoint was written {'with' if saved_sharded else 'without'} FSDP: resume it "
+            f"{'with train.parallel=fsdp on several processes' if saved_sharded else 'without train.parallel=fsdp'}"
+        )
+    if sharded:
+        load_sharded_optimizer_state(model, optimizers, states[0])
+    elif len(states) != len(optimizers):
         raise UserError(
             f"the checkpoint holds {len(states)} optimizer state(s) but optim.name needs {len(optimizers)}: "
             "resume with the optimizer the run was trained with"
         )
-    for opt, state in zip(optimizers, states, strict=True):
-        configured = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-        opt.load_state_dict(state)
-        for group, hyper in zip(opt.param_groups, configured, strict=True):
+    else:
+        for opt, state in zip(optimizers, states, strict=True):
+            opt.load_state_dict(state)
+    for opt, hypers in zip(optimizers, configured, strict=True):
+        for group, hyper in zip(opt.param_groups, hypers, strict=True):
             group.update(hyper)
 
 

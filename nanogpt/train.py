@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt import checkpoint, distributed, optim
 from nanogpt import device as devices
@@ -93,21 +92,21 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
         vocab_size=model.config.vocab_size,
     )  # fmt: skip
 
+    # DDP or FSDP on several processes; FSDP shards the weights in place, so the optimizer comes after.
+    wrapped = distributed.wrap(model, t.parallel, d, prec.device)
     optimizers = optim.build(model, o, prec.device_type)
     scaler = torch.amp.GradScaler(prec.device_type, enabled=prec.needs_grad_scaler())
     it, best_val, evaluated_at = 0, float("inf"), -1
     torch.manual_seed(cfg.seed + d.rank)  # dropout differs across ranks
     if ckpt is not None:
         state = checkpoint.load_state(ckpt)
-        optim.load_states(optimizers, state["optimizers"])
+        optim.load_states(optimizers, state["optimizers"], model)
         scaler.load_state_dict(state["scaler"])
         it, best_val, evaluated_at = state["iter"], state["best_val_loss"], state["evaluated_at"]
         _set_rng_state(state["rng"], d, prec)
         log.info("resumed from %s at iter %d", ckpt, it)
 
-    forward = torch.compile(model) if cfg.device.compile else model
-    ddp = DDP(forward, device_ids=[prec.device.index] if prec.device_type == "cuda" else None) if d.enabled else None
-    trained = ddp or forward
+    forward = torch.compile(wrapped) if cfg.device.compile else wrapped
 
     metrics = None
     if d.is_main:
@@ -121,8 +120,12 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
         )  # fmt: skip
 
     def save(as_latest: bool, as_best: bool) -> None:
+        if distributed.is_sharded(model):  # gathered whole on rank 0: the same checkpoint as without FSDP
+            weights, opt_states = distributed.full_state(model, optimizers, d)
+        else:
+            weights, opt_states = model, [opt.state_dict() for opt in optimizers]
         state = {
-            "optimizers": [opt.state_dict() for opt in optimizers],
+            "optimizers": opt_states,
             "scaler": scaler.state_dict(),
             "iter": it,
             "best_val_loss": best_val,
@@ -131,7 +134,7 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
         }
         if d.is_main:
             info.update(iter=it, best_val_loss=best_val)
-            checkpoint.save(run_dir, model, state, info, as_latest=as_latest, as_best=as_best,
+            checkpoint.save(run_dir, weights, state, info, as_latest=as_latest, as_best=as_best,
                             keep_last=t.keep_last)  # fmt: skip
         distributed.barrier(d)
 
@@ -169,10 +172,9 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
             step_loss = torch.zeros((), device=prec.device)
             for micro in range(accum):
                 x, y = batches.train(it, d.rank * accum + micro)
-                # DDP all-reduces gradients only on the last micro-batch.
-                sync = ddp is None or micro == accum - 1
-                with contextlib.nullcontext() if sync else ddp.no_sync(), prec.autocast():
-                    _, loss = trained(x, y)
+                # Gradients are synchronised across processes on the last micro-batch only.
+                with distributed.gradient_sync(wrapped, micro == accum - 1), prec.autocast():
+                    _, loss = forward(x, y)
                     loss = loss / accum  # the step's gradient is the mean over its micro-batches
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
@@ -222,6 +224,9 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
                     continue
                 log.info("stopped at iter %d: checkpoint saved; resume with python run.py resume=%s", it, run_dir)
                 raise Interrupted(stop.signum, stop.hand_over())
+    except UserError as e:
+        e.during_training = True  # type: ignore[attr-defined]  # the run's record should say it failed
+        raise
     finally:
         stop.restore()
         if metrics is not None:
