@@ -1,0 +1,47 @@
+"""Start-up discipline: the training and sampling paths import only what they need.
+
+transformers, datasets and wandb each cost about a second to import (`from transformers import GPT2LMHeadModel`
+about five), tiktoken a few hundred ms: none may load on the CPU recipe's training path or when sampling a
+character-level run. Checked with `python -X importtime`, which lists every module a process imports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+
+HEAVY = ("transformers", "datasets", "wandb", "tiktoken")
+
+
+def imported(script: str, *args: str, cwd) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / script), *args],
+        cwd=cwd, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_train_and_sample_paths_import_no_heavy_libraries(tmp_path, char_data):
+    modules = imported("run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=2", cwd=tmp_path)
+    assert "torch" in modules and "hydra" in modules  # the listing works
+    assert heavy(modules) == []
+    [run] = run_dirs(tmp_path)
+    assert heavy(imported("sample.py", f"run={run}", "max_new_tokens=2", "num_samples=1", cwd=tmp_path)) == []
+
+
+def test_recipe_runs_in_bf16_where_the_cpu_has_amx(tmp_path, char_data):
+    """The CPU recipe's dtype=auto picks bf16 autocast only on CPUs with bf16 matrix units, else fp32."""
+    from nanogpt.device import cpu_has_amx
+
+    proc = run_entry("run.py", "experiment=shakespeare_char_cpu", f"paths.data_dir={char_data}", "train.max_iters=2",
+                     "train.eval_iters=1", "optim.warmup_iters=1", "optim.lr_decay_iters=2", cwd=tmp_path)  # fmt: skip
+    expected = "bfloat16 on cpu" if cpu_has_amx() else "float32 on cpu"
+    assert expected in proc.stdout + proc.stderr
