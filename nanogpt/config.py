@@ -34,6 +34,14 @@ class ModelConfig:
     pad_vocab_multiple: int = 64  # pad a derived vocabulary to a multiple of this (GPT-2: 50304) for speed
     dropout: float = 0.0  # on attention weights, residual branches and embeddings; 0 for pretraining
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a little faster
+    # Modern options, all off for GPT-2 (and OpenAI's weights); see nanogpt/model.py for why each helps.
+    rotary: bool = False  # rotary position embeddings on queries and keys instead of a learned position table
+    rope_base: float = 10000.0  # rotary: the slowest rotation is one turn per 2*pi*rope_base positions
+    qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gain) before attention
+    activation: str = "gelu"  # MLP nonlinearity: gelu (GPT-2's tanh approximation) | relu2 (relu(x)²)
+    tie_embeddings: bool = True  # the output head shares the token embedding's weights, as GPT-2
+    zero_init_proj: bool = False  # start each block's output projections (attn and MLP c_proj) at zero
+    zero_init_head: bool = False  # start the output head at zero (needs tie_embeddings=false)
 
 
 @dataclass
@@ -53,9 +61,14 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay (`conf/optim/`)."""
+    """AdamW, or Muon + AdamW, with linear warmup and cosine decay (`conf/optim/`).
 
-    name: str = "adamw"
+    With `name: muon`, Muon takes the 2-D matrices inside the blocks (attention and MLP weights) and AdamW
+    (lr, betas, eps, weight_decay) everything else: embeddings, the head, norm gains and biases. Both follow
+    the same schedule, each from its own peak lr.
+    """
+
+    name: str = "adamw"  # adamw | muon
     lr: float = 6e-4  # peak learning rate, reached after warmup
     min_lr: float = 6e-5  # floor of the cosine decay
     weight_decay: float = 0.1  # applied to 2-D weights (matmuls, embeddings) only
@@ -67,6 +80,10 @@ class OptimConfig:
     lr_decay_iters: int | None = None  # cosine decay ends here; None: at train.max_iters
     decay_lr: bool = True  # False: constant lr after warmup
     fused: bool | None = None  # fused AdamW kernel; None: wherever the device supports it
+    muon_lr: float = 0.02  # Muon's peak lr (scaled per matrix by sqrt(max(1, rows/cols)), Keller Jordan's rule)
+    muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
+    muon_weight_decay: float = 0.0  # decoupled weight decay on Muon's matrices, times the current muon lr
+    muon_ns_steps: int = 5  # Newton-Schulz iterations orthogonalising each update
 
 
 @dataclass
@@ -305,6 +322,7 @@ def validate(cfg: Any) -> None:
         _check(m.vocab_size is None or m.vocab_size > 0, f"model.vocab_size={m.vocab_size} must be > 0")
         _check(m.pad_vocab_multiple > 0, f"model.pad_vocab_multiple={m.pad_vocab_multiple} must be > 0")
         _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check_modern(cfg)
         _check(t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
         _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
         _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
@@ -317,7 +335,7 @@ def validate(cfg: Any) -> None:
             not (t.parallel == "fsdp" and o.name == "muon"),
             "optim.name=muon orthogonalises whole matrices, which FSDP shards: use train.parallel=ddp with Muon",
         )
-        _check(o.name == "adamw", f"optim.name={o.name!r} is not an optimizer we have: use adamw")
+        _check(o.name in ("adamw", "muon"), f"optim.name={o.name!r} is not an optimizer we have: use adamw or muon")
         _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
         _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
         _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
@@ -353,6 +371,33 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, ExportConfig):
         _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+
+
+def _check_modern(cfg: RunConfig) -> None:
+    """The modern model options and Muon's settings."""
+    m, o = cfg.model, cfg.optim
+    _check(m.activation in ("gelu", "relu2"), f"model.activation={m.activation!r}: use gelu or relu2")
+    head_dim = m.n_embd // max(m.n_head, 1)
+    _check(
+        not m.rotary or head_dim % 2 == 0,
+        f"model.rotary=true needs an even head size; n_embd/n_head is {head_dim}: change model.n_embd or n_head",
+    )
+    _check(m.rope_base > 0, f"model.rope_base={m.rope_base} must be > 0")
+    _check(
+        not (m.zero_init_head and m.tie_embeddings),
+        "model.zero_init_head=true would zero the tied token embedding too: also set model.tie_embeddings=false",
+    )
+    modern = [k for k in ("rotary", "qk_norm", "zero_init_proj", "zero_init_head") if getattr(m, k)]
+    modern += ["activation"] * (m.activation != "gelu") + ["tie_embeddings"] * (not m.tie_embeddings)
+    if modern and cfg.init_from != "scratch":
+        raise UserError(
+            f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "
+            "drop the model option or train from scratch"
+        )
+    _check(o.muon_lr >= 0, f"optim.muon_lr={o.muon_lr} must be >= 0")
+    _check(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must be in [0, 1)")
+    _check(o.muon_weight_decay >= 0, f"optim.muon_weight_decay={o.muon_weight_decay} must be >= 0")
+    _check(1 <= o.muon_ns_steps < 100, f"optim.muon_ns_steps={o.muon_ns_steps} must be in [1, 99]")
 
 
 def _check_device(d: DeviceConfig) -> None:

@@ -1,5 +1,9 @@
 """The GPT: GPT-2's architecture in plain PyTorch, plus a KV cache for fast generation.
 
+Off by default, a few changes from the 2024-25 GPT speedruns (ModelConfig documents each): rotary position
+embeddings, RMS-normed queries and keys, ReLU² MLPs, untied embeddings, zero-initialised output projections.
+With none of them set this is exactly GPT-2, and loads OpenAI's weights.
+
 Knows nothing of data, devices, distributed training, checkpoints or logging.
 """
 
@@ -31,6 +35,33 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021, RoFormer): instead of adding a learned position vector to
+    the input, each query and key is rotated by an angle proportional to its position, pair of channels by
+    pair of channels, at frequencies from 1 down to 1/base. The dot product of a query at position m and a
+    key at n then depends only on m - n: attention sees relative positions, and there is no table to learn."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float):
+        super().__init__()
+        inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, head_dim/2)
+        # Not persistent: derived from the config, so checkpoints and GPT-2 state dicts never hold them.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of absolute positions start .. start + length - 1: with a KV cache the new tokens
+        come after the `start` cached ones, and each key is rotated once, when it enters the cache."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate (B, n_head, T, head_dim) by the angles of its T positions; channel i pairs with i + head_dim/2."""
+    cos, sin = rope
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -39,11 +70,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # QK-norm (Dehghani et al. 2023; OLMo 2): RMS-normalise each head's queries and keys, with a learned
+        # gain, so attention logits cannot grow without bound; this lets the lr go higher without spikes.
+        head_dim = cfg.n_embd // cfg.n_head
+        self.q_norm = nn.RMSNorm(head_dim) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # before caching: a cached key keeps the rotation of its own position
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         mask, is_causal = None, True
         if cache is not None:
             start = cache.pos
@@ -61,17 +107,41 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)²: as cheap as ReLU, smooth at 0 like GELU, and sparse; it trains a little faster than GELU
+    (So et al. 2021, Primer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ReLUSquared.apply(x)
+
+
+class _ReLUSquared(torch.autograd.Function):
+    """The gradient of relu(x)² is 2 relu(x): keeping relu(x) makes the backward one multiply, where autograd
+    through relu then square would save both tensors and run three elementwise kernels (a third faster on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return grad * (2 * r)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         # GPT-2 was trained with the tanh approximation of GELU: the exact form shifts its logits.
-        self.gelu = nn.GELU(approximate="tanh")
+        self.act = ReLUSquared() if cfg.activation == "relu2" else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -84,8 +154,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -97,21 +173,35 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                # Learned absolute positions, unless rotary embeddings put positions into attention instead.
+                **({} if cfg.rotary else dict(wpe=nn.Embedding(cfg.block_size, cfg.n_embd))),
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
             )
         )
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base) if cfg.rotary else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017): the output projection is the token embedding, as in GPT-2.
-        self.transformer.wte.weight = self.lm_head.weight
+        if cfg.tie_embeddings:
+            # Weight tying (Press & Wolf 2017): the output projection is the token embedding, as in GPT-2.
+            # Untied, the two can learn different things (what a token means vs what predicts it) for
+            # vocabulary-size more parameters, which costs nothing in matmul FLOPs at the input.
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scaling their init by 1/sqrt(2 * n_layer)
         # keeps the stream's variance from growing with depth (GPT-2 paper, section 2.3).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # Zero-initialised output projections: every block starts as the identity and the first logits are
+        # uniform (loss = ln vocab), so early steps spend nothing undoing random initial outputs. Gradients
+        # still flow: a zero matrix gets the gradient of its input's activations.
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if (cfg.zero_init_proj and name.endswith("c_proj.weight")) or (
+                    cfg.zero_init_head and name == "lm_head.weight"
+                ):
+                    p.zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -123,10 +213,15 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, counting the tied embedding once; position embeddings excluded by default, as
-        they take no part in the matmul FLOPs."""
+        """Parameters, counting the tied embedding once; by default without the lookup tables that take no
+        part in the matmul FLOPs: position embeddings, and the token embedding when it is not the head."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
 
     def forward(
         self,
@@ -145,10 +240,15 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens, longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.rotary is not None:
+            rope = self.rotary(start, T)
+        else:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rope)
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
@@ -162,6 +262,8 @@ class GPT(nn.Module):
         """Shorten the context, e.g. to finetune GPT-2 (1024) on shorter blocks."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
+        if self.rotary is not None:
+            return  # rotary angles are computed, not learned: the longer table does no harm
         # A copy, not a view: a view would keep the whole table alive, and safetensors refuses to save it.
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight.detach()[:block_size].clone())
 

@@ -1,8 +1,8 @@
 """Optimizers and the learning-rate schedule.
 
-`build` returns a list of optimizers (one today; hybrid recipes use several, e.g. Muon for hidden matrices and
-AdamW for the rest). Every param group records its peak lr as `initial_lr`; the schedule scales all of them
-by the same factor each step.
+`build` returns a list of optimizers: AdamW alone, or AdamW and Muon (`optim=muon`: Muon for the hidden
+matrices, AdamW for the rest). Every param group records its peak lr as `initial_lr`; the schedule scales all
+of them by the same factor each step.
 """
 
 from __future__ import annotations
@@ -17,11 +17,27 @@ from nanogpt.model import GPT
 
 
 def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Optimizer]:
+    """`optim.name=adamw`: one AdamW. `muon`: [AdamW, Muon], Muon holding the blocks' 2-D matrices."""
     fused = o.fused if o.fused is not None else device_type in ("cuda", "cpu")
-    adamw = torch.optim.AdamW(
-        model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
-    )
-    optimizers = [adamw]
+    groups = model.optimizer_groups(o.weight_decay)
+    hidden: list[torch.nn.Parameter] = []
+    if o.name == "muon":
+        # Muon orthogonalises each update matrix: every direction of a hidden layer moves at the same rate,
+        # instead of the few that dominate the gradient. That suits the matmuls inside the blocks. Embeddings
+        # are lookups (a row per token, not a linear map) and the head's scale matters per token, so those
+        # and the 1-D gains and biases stay with AdamW (Keller Jordan, "Muon", 2024).
+        hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2 and p.requires_grad]
+        taken = {id(p) for p in hidden}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in groups]
+        groups = [g for g in groups if g["params"]]
+    adamw = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
+    optimizers: list[torch.optim.Optimizer] = [adamw]
+    if hidden:
+        muon = torch.optim.Muon(
+            hidden, lr=o.muon_lr, weight_decay=o.muon_weight_decay, momentum=o.muon_momentum, nesterov=True,
+            ns_steps=o.muon_ns_steps, adjust_lr_fn="original",
+        )  # fmt: skip
+        optimizers.append(muon)
     for opt in optimizers:
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
