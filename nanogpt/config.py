@@ -43,6 +43,12 @@ class ModelConfig:
     zero_init_proj: bool = False  # start each block's output projections (attn and MLP c_proj) at zero
     zero_init_head: bool = False  # start the output head at zero (needs tie_embeddings=false)
 
+    def non_gpt2_options(self) -> list[str]:
+        """The modern options set, as `key=value`, that Hugging Face's GPT-2 cannot express. Untied
+        embeddings and the zero inits are left out: GPT-2 can be untied, and an init changes no function."""
+        on = [f"{k}=true" for k in ("rotary", "qk_norm") if getattr(self, k)]
+        return on + [f"activation={self.activation}"] * (self.activation != "gelu")
+
 
 @dataclass
 class DataConfig:
@@ -387,8 +393,8 @@ def _check_modern(cfg: RunConfig) -> None:
         not (m.zero_init_head and m.tie_embeddings),
         "model.zero_init_head=true would zero the tied token embedding too: also set model.tie_embeddings=false",
     )
-    modern = [k for k in ("rotary", "qk_norm", "zero_init_proj", "zero_init_head") if getattr(m, k)]
-    modern += ["activation"] * (m.activation != "gelu") + ["tie_embeddings"] * (not m.tie_embeddings)
+    modern = m.non_gpt2_options() + ["tie_embeddings=false"] * (not m.tie_embeddings)
+    modern += [f"{k}=true" for k in ("zero_init_proj", "zero_init_head") if getattr(m, k)]
     if modern and cfg.init_from != "scratch":
         raise UserError(
             f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "

@@ -86,10 +86,15 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
     `char_vocab.json` (the character of each id) instead, since transformers has no character tokenizer.
     The folder is written under a temporary name and renamed: a kill leaves any previous export intact.
     """
+    c = model.config
+    if c.non_gpt2_options():
+        raise UserError(
+            f"this model was trained with model.{c.non_gpt2_options()[0]}, which Hugging Face's GPT-2 has no "
+            "equivalent of: only GPT-2-architecture runs can be exported (sample it with sample.py instead)"
+        )
     _check_folder(out_dir)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = model.config
     if not 0 < vocab_size <= c.vocab_size:
         raise ValueError(f"vocab_size {vocab_size} must be in (0, the model's {c.vocab_size}]")
     bpe = tokenizer_meta.get("kind") == "gpt2"
@@ -97,7 +102,7 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
     hf_cfg = GPT2Config(
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
         activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=c.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
     )  # fmt: skip
     hf = GPT2LMHeadModel(hf_cfg)
     ours = model.state_dict()

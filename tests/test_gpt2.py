@@ -298,3 +298,30 @@ def test_export_mistakes_are_one_clear_line(tmp_path):
         export_run(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="holds no checkpoint"):
         export_run(str(tmp_path))
+
+
+def test_export_untied_model_and_refuse_options_gpt2_lacks(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from nanogpt.config import ModelConfig
+    from nanogpt.errors import UserError
+    from nanogpt.model import GPT
+    from nanogpt.pretrained import to_huggingface
+
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig(**shape, tie_embeddings=False, zero_init_proj=True)).eval()
+    with torch.no_grad():  # make the head differ from the embedding, and the zero-initialised projections live
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    to_huggingface(ours, 64, str(tmp_path / "untied"), {"kind": "char", "chars": [chr(65 + i) for i in range(64)]})
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "untied").eval()
+    assert not back.config.tie_word_embeddings
+    idx = torch.randint(0, 64, (2, 16))
+    assert (logits_of(back, idx) - logits_of(ours, idx)).abs().max().item() < 1e-5
+
+    for option, expect in ((dict(rotary=True), "rotary=true"), (dict(qk_norm=True), "qk_norm=true"),
+                           (dict(activation="relu2"), "activation=relu2")):  # fmt: skip
+        with pytest.raises(UserError, match=f"model.{expect}, which Hugging Face's GPT-2 has no equivalent"):
+            to_huggingface(GPT(ModelConfig(**shape, **option)), 64, str(tmp_path / "x"), {"kind": "char"})
+    assert not (tmp_path / "x").exists()

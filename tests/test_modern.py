@@ -156,7 +156,7 @@ def test_muon_state_loads_with_weights_only():
         (dict(model=dict(activation="swiglu")), "model.activation='swiglu': use gelu or relu2"),
         (dict(model=dict(zero_init_head=True)), "model.zero_init_head=true would zero the tied token embedding"),
         (dict(model=dict(rotary=True, n_embd=60, n_head=4)), "model.rotary=true needs an even head size"),
-        (dict(model=dict(qk_norm=True), init_from="gpt2"), "model.qk_norm changes GPT-2's architecture"),
+        (dict(model=dict(qk_norm=True), init_from="gpt2"), "model.qk_norm=true changes GPT-2's architecture"),
         (dict(optim=dict(name="sgd")), "optim.name='sgd' is not an optimizer we have: use adamw or muon"),
         (dict(optim=dict(muon_momentum=1.0)), "optim.muon_momentum=1.0 must be in [0, 1)"),
         (dict(optim=dict(muon_ns_steps=0)), "optim.muon_ns_steps=0 must be in [1, 99]"),
