@@ -100,6 +100,23 @@ def test_cache_logits_equal_full_forward_at_every_position(option):
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
+def test_all_options_train_under_bf16_autocast_without_warnings():
+    """The CPU presets run under bf16 autocast on AMX CPUs: q and k arrive in bf16 at the fp32 QK-norm gains."""
+    import warnings
+
+    from nanogpt.config import DeviceConfig
+    from nanogpt.device import resolve
+
+    model = tiny(**ALL)
+    x = torch.randint(0, 101, (2, 48))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with resolve(DeviceConfig(device="cpu", dtype="bfloat16")).autocast():
+            logits, loss = model(x, x)
+        loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_rotary_generation_past_block_size():
     model = tiny(**ALL)
     out = model.generate(torch.randint(0, 101, (1, 60)), 70, temperature=1.0, generator=torch.Generator())
