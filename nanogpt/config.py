@@ -97,7 +97,7 @@ class DeviceConfig:
     """Where and in what precision to run (`conf/device/`)."""
 
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: bf16 on CUDA that has it, else fp32
+    dtype: str = "auto"  # auto: bf16 on GPUs and AMX CPUs, fp16 on older GPUs, else fp32 | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
     matmul_tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
 
