@@ -87,9 +87,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None:
-            # In fp32: under bf16 autocast q and k arrive in bf16, and RMSNorm's fused kernel wants the dtype of
-            # its fp32 gain (else a warning and a slower fallback).
-            q, k = self.q_norm(q.float()).type_as(q), self.k_norm(k.float()).type_as(k)
+            # In the gains' dtype: RMSNorm's fused kernel needs input and gain alike (else a warning and a slower
+            # fallback), and under bf16 autocast q and k arrive in bf16 at fp32 gains.
+            dtype = self.q_norm.weight.dtype
+            q, k = self.q_norm(q.to(dtype)).type_as(q), self.k_norm(k.to(dtype)).type_as(k)
         if rope is not None:  # before caching: a cached key keeps the rotation of its own position
             q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         mask, is_causal = None, True

@@ -100,8 +100,9 @@ def test_cache_logits_equal_full_forward_at_every_position(option):
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
-def test_all_options_train_under_bf16_autocast_without_warnings():
-    """The CPU presets run under bf16 autocast on AMX CPUs: q and k arrive in bf16 at the fp32 QK-norm gains."""
+def test_all_options_run_in_bf16_without_warnings():
+    """The CPU presets train under bf16 autocast on AMX CPUs (q and k arrive in bf16 at the fp32 QK-norm gains),
+    and sample.py then generates with the weights themselves in bf16."""
     import warnings
 
     from nanogpt.config import DeviceConfig
@@ -114,7 +115,9 @@ def test_all_options_train_under_bf16_autocast_without_warnings():
         with resolve(DeviceConfig(device="cpu", dtype="bfloat16")).autocast():
             logits, loss = model(x, x)
         loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        out = model.to(torch.bfloat16).generate(x[:1, :8], 10, temperature=0.0)
+    assert out.shape == (1, 18)
 
 
 def test_rotary_generation_past_block_size():
