@@ -150,11 +150,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_one(tmp_path, char_data):
-    one = train(tmp_path / "one", char_data, "train.max_iters=6", "train.grad_accum=2")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_equal_one(tmp_path, char_data, optimizer):
+    """Muon too: each rank orthogonalises the same all-reduced gradient, so the ranks stay identical."""
+    one = train(tmp_path / "one", char_data, "train.max_iters=6", "train.grad_accum=2", f"optim={optimizer}")
     (tmp_path / "two").mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}"]
     run = [str(REPO / "run.py"), *TINY, f"paths.data_dir={char_data}", "train.max_iters=6", "train.grad_accum=2"]
+    run.append(f"optim={optimizer}")
     cmd = [*torchrun, *run]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path / "two", env=env, capture_output=True, text=True, timeout=600)
