@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from typing import TextIO
 
@@ -11,7 +12,7 @@ import torch
 from nanogpt import checkpoint
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
-from nanogpt.config import ModelConfig, SampleConfig
+from nanogpt.config import DeviceConfig, ModelConfig, SampleConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
@@ -44,9 +45,19 @@ def read_prompt(start: str) -> str:
     return start
 
 
+def generation_precision(cfg: DeviceConfig) -> devices.Precision:
+    """The device and dtype to generate in: the training choice, except fp32 on CPUs unless bf16 is asked for.
+    Decoding one token at a time does not gain from AMX as training does: bf16 weights measured 19-37% slower
+    for the 4x128 and 6x384 character models and only 10% faster at GPT-2 124M (docs/BENCHMARKS.md)."""
+    prec = devices.resolve(cfg)
+    if prec.device.type == "cpu" and cfg.dtype == "auto":
+        return dataclasses.replace(prec, dtype=torch.float32)
+    return prec
+
+
 def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
     """Print `num_samples` continuations of the prompt, token by token; returns them."""
-    prec = devices.resolve(cfg.device)
+    prec = generation_precision(cfg.device)
     model, tokenizer, vocab = load_for_sampling(cfg)
     if cfg.top_k is not None and cfg.top_k > vocab:
         raise UserError(f"top_k={cfg.top_k} is larger than the vocabulary ({vocab}): use top_k<={vocab}")

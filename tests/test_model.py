@@ -93,6 +93,18 @@ def test_sample_filters():
     assert {sample_next(peaked, 1.0, top_p=0.9, generator=g).item() for _ in range(300)} == {2, 3}
 
 
+def test_cpu_generation_stays_fp32_unless_bf16_is_asked_for():
+    from nanogpt.config import DeviceConfig
+    from nanogpt.device import resolve
+    from nanogpt.sampling import generation_precision
+
+    assert generation_precision(DeviceConfig(device="cpu", dtype="auto")).dtype == torch.float32
+    assert generation_precision(DeviceConfig(device="auto", dtype="auto")).dtype == (
+        resolve(DeviceConfig(device="auto")).dtype if torch.cuda.is_available() else torch.float32
+    )
+    assert generation_precision(DeviceConfig(device="cpu", dtype="bfloat16")).dtype == torch.bfloat16
+
+
 def test_flops_and_optimizer_groups():
     model = tiny()
     groups = model.optimizer_groups(0.1)
