@@ -17,7 +17,7 @@ from nanogpt.config import ModelConfig, OptimConfig, RunConfig, validate
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, KVCache
 from tests.conftest import REPO, run_entry
-from tests.test_train import losses, metrics, train, weights
+from tests.test_train import assert_resume_is_exact, metrics, train
 
 CFG = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=101, dropout=0.0, bias=True)
 ALL = dict(
@@ -222,12 +222,7 @@ def test_each_option_trains(tmp_path, char_data, option):
 def test_resume_is_bit_exact_with_muon(tmp_path, char_data):
     common = ["optim=muon", "optim.warmup_iters=2", "train.eval_interval=8", "optim.lr_decay_iters=24",
               "model.dropout=0.1", *FLAGS["all"]]  # fmt: skip
-    straight = train(tmp_path / "a", char_data, "train.max_iters=24", *common)
-    first = train(tmp_path / "b", char_data, "train.max_iters=8", *common)
-    run_entry("run.py", f"resume={first}", "train.max_iters=24", cwd=tmp_path / "b")
-    assert losses(straight) == losses(first)
-    a, b = weights(straight), weights(first)
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    first = assert_resume_is_exact(tmp_path, char_data, 8, 24, *common)
     state = torch.load(first / "checkpoints" / "latest" / "trainer.pt", weights_only=True)
     assert len(state["optimizers"]) == 2 and "momentum_buffer" in next(iter(state["optimizers"][1]["state"].values()))
 

@@ -123,14 +123,21 @@ def test_run_prepares_missing_data_itself(tmp_path, shakespeare):
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 
-def test_resume_is_bit_exact(tmp_path, char_data):
-    common = ["train.eval_interval=10", "optim.lr_decay_iters=40", "model.dropout=0.1"]
-    straight = train(tmp_path / "a", char_data, "train.max_iters=40", *common)
-    first = train(tmp_path / "b", char_data, "train.max_iters=20", *common)
-    run_entry("run.py", f"resume={first}", "train.max_iters=40", cwd=tmp_path / "b")
+def assert_resume_is_exact(tmp_path: Path, data: Path, stop: int, total: int, *common: str) -> Path:
+    """Train `total` steps straight, and `stop` steps then resumed to `total`: same losses and weights, bit for
+    bit. Returns the resumed run's dir."""
+    straight = train(tmp_path / "a", data, f"train.max_iters={total}", *common)
+    first = train(tmp_path / "b", data, f"train.max_iters={stop}", *common)
+    run_entry("run.py", f"resume={first}", f"train.max_iters={total}", cwd=tmp_path / "b")
     assert losses(straight) == losses(first)
     a, b = weights(straight), weights(first)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    return first
+
+
+def test_resume_is_bit_exact(tmp_path, char_data):
+    common = ["train.eval_interval=10", "optim.lr_decay_iters=40", "model.dropout=0.1"]
+    first = assert_resume_is_exact(tmp_path, char_data, 20, 40, *common)
     # The resumed run kept its original config and appended to its own metrics.
     assert "max_iters: 20" in (first / ".hydra" / "config.yaml").read_text()
 
