@@ -17,7 +17,7 @@ from nanogpt.config import ModelConfig, OptimConfig, RunConfig, validate
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, KVCache
 from tests.conftest import REPO, run_entry
-from tests.test_train import assert_resume_is_exact, metrics, train
+from tests.test_train import assert_resume_is_exact, metrics, train, weights
 
 CFG = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=101, dropout=0.0, bias=True)
 ALL = dict(
@@ -180,6 +180,7 @@ def test_muon_state_loads_with_weights_only():
         (dict(optim=dict(name="sgd")), "optim.name='sgd' is not an optimizer we have: use adamw or muon"),
         (dict(optim=dict(muon_momentum=1.0)), "optim.muon_momentum=1.0 must be in [0, 1)"),
         (dict(optim=dict(muon_ns_steps=0)), "optim.muon_ns_steps=0 must be in [1, 99]"),
+        (dict(optim=dict(name="muon"), train=dict(parallel="fsdp")), "optim.name=muon orthogonalises whole matrices"),
     ],
 )
 def test_bad_options_are_one_line_errors(change, message):
@@ -223,6 +224,12 @@ def test_resume_is_bit_exact_with_muon(tmp_path, char_data):
     common = ["optim=muon", "optim.warmup_iters=2", "train.eval_interval=8", "optim.lr_decay_iters=24",
               "model.dropout=0.1", *FLAGS["all"]]  # fmt: skip
     first = assert_resume_is_exact(tmp_path, char_data, 8, 24, *common)
+    before = weights(first)
+    proc = run_entry("run.py", f"resume={first}", "optim.name=adamw", "train.max_iters=30", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "holds 2 optimizer state(s) but optim.name needs 1" in proc.stderr
+    after = weights(first)  # the refused resume changed nothing
+    assert all(before[k].equal(after[k]) for k in before)
+    assert json.loads((first / "status.json").read_text())["status"] == "completed"
     state = torch.load(first / "checkpoints" / "latest" / "trainer.pt", weights_only=True)
     assert len(state["optimizers"]) == 2 and "momentum_buffer" in next(iter(state["optimizers"][1]["state"].values()))
 
