@@ -18,6 +18,8 @@ from torch.nn import functional as F
 
 from nanogpt.config import ModelConfig
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin of the rotary angles of the positions in hand
+
 
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated for a whole block."""
@@ -49,13 +51,13 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, start: int, length: int) -> Rope:
         """cos and sin of absolute positions start .. start + length - 1: with a KV cache the new tokens
         come after the `start` cached ones, and each key is rotated once, when it enters the cache."""
         return self.cos[start : start + length], self.sin[start : start + length]
 
 
-def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate (B, n_head, T, head_dim) by the angles of its T positions; channel i pairs with i + head_dim/2."""
     cos, sin = rope
     x1, x2 = x.float().chunk(2, dim=-1)
@@ -77,11 +79,7 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim) if cfg.qk_norm else None
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Rope | None = None
     ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -158,11 +156,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Rope | None = None
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
@@ -193,18 +187,16 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # Each block adds two projections to the residual stream; scaling their init by 1/sqrt(2 * n_layer)
         # keeps the stream's variance from growing with depth (GPT-2 paper, section 2.3).
+        # Zero-initialised output projections (options): every block starts as the identity and the first logits
+        # are uniform (loss = ln vocab), so early steps spend nothing undoing random initial outputs. Gradients
+        # still flow: a zero matrix gets the gradient of its input's activations.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        # Zero-initialised output projections: every block starts as the identity and the first logits are
-        # uniform (loss = ln vocab), so early steps spend nothing undoing random initial outputs. Gradients
-        # still flow: a zero matrix gets the gradient of its input's activations.
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if (cfg.zero_init_proj and name.endswith("c_proj.weight")) or (
-                    cfg.zero_init_head and name == "lm_head.weight"
-                ):
-                    p.zero_()
+            if (cfg.zero_init_proj and name.endswith("c_proj.weight")) or (
+                cfg.zero_init_head and name == "lm_head.weight"
+            ):
+                nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

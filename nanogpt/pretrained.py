@@ -87,9 +87,9 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
     The folder is written under a temporary name and renamed: a kill leaves any previous export intact.
     """
     c = model.config
-    if c.non_gpt2_options():
+    if lacking := c.non_gpt2_options():
         raise UserError(
-            f"this model was trained with model.{c.non_gpt2_options()[0]}, which Hugging Face's GPT-2 has no "
+            f"this model was trained with model.{lacking[0]}, which Hugging Face's GPT-2 has no "
             "equivalent of: only GPT-2-architecture runs can be exported (sample it with sample.py instead)"
         )
     _check_folder(out_dir)
