@@ -20,8 +20,6 @@ MFU <x>% ...`. `--smoke` runs the same machinery with a tiny model on the CPU (t
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,10 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path when this file runs as a script
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+from nanogpt.data.prepare import finish_dataset
+
 STEP_TOKENS = 12 * 1024 * 40  # nanoGPT's GPT-2 step: 491,520 tokens
 # --smoke: the shakespeare_char recipe sets its model and loop in full, so shrink them back for a CPU check.
 SMOKE_RECIPE = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
@@ -50,8 +49,7 @@ def write_random_owt(data_dir: Path, train_tokens: int, seed: int = 0) -> None:
     for split, n in sizes.items():
         rng.integers(0, 50257, size=n, dtype=np.uint16).tofile(out / f"{split}.bin")
     meta = {"vocab_size": 50257, "tokenizer": {"kind": "gpt2"}, "dtype": "uint16", "source": "random ids"}
-    meta.update({f"{split}_tokens": n for split, n in sizes.items()})
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    finish_dataset(str(out), {**meta, **{f"{split}_tokens": n for split, n in sizes.items()}})
 
 
 def run_gpt2(tmp: Path, microbatch: int, iters: int, extra: list[str]) -> tuple[str, dict | None]:
@@ -73,7 +71,7 @@ def run_gpt2(tmp: Path, microbatch: int, iters: int, extra: list[str]) -> tuple[
             return "oom", None
         sys.exit(f"run.py failed at microbatch {microbatch}:\n{proc.stderr[-3000:]}")
     run = tmp / "outputs" / name / "latest"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     steps = [r for r in records if "tokens_per_s" in r][1:]  # the first interval holds the compilation
     if not steps:
         sys.exit(f"gpu_mfu: {iters} steps make one logged interval only: give more --iters")
@@ -88,14 +86,13 @@ def run_gpt2(tmp: Path, microbatch: int, iters: int, extra: list[str]) -> tuple[
 
 def run_shakespeare(tmp: Path, corpus: str, extra: list[str]) -> dict:
     data = [f"paths.data_dir={tmp / 'data'}", f"data.source={corpus}"]
-    subprocess.run([sys.executable, str(REPO / "prepare.py"), "data=shakespeare_char", *data], cwd=tmp, env=ENV,
-                   check=True, capture_output=True)  # fmt: skip
+    prepare_char(str(tmp / "data"), corpus, str(tmp))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "run.py"), "experiment=shakespeare_char", *data, *extra], cwd=tmp,
                    env=ENV, check=True, capture_output=True)  # fmt: skip
     wall = time.perf_counter() - t0
     run = tmp / "outputs" / "shakespeare_char" / "latest"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     return {"wall_s": wall, "best_val": min(r["val_loss"] for r in records if "val_loss" in r)}
 
 

@@ -16,17 +16,14 @@ Prints one line: `memory: recipe ours <MiB> vs nanoGPT-way <MiB>; 124M sampling 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-       "PYTHONPATH": str(REPO), "TRANSFORMERS_VERBOSITY": "error"}  # fmt: skip
+from common import CORPUS, ENV, REPO, prepare_char  # benchmarks/ is on sys.path when this file runs as a script
+
 PROMPT, NEW = 512, 200
 
 
@@ -71,7 +68,7 @@ def sampling_worker(kind: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--worker", choices=("ours", "recompute", "hf"), help=argparse.SUPPRESS)
@@ -81,8 +78,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
-        subprocess.run([sys.executable, str(REPO / "prepare.py"), *base[1:]], cwd=tmp, env=ENV, check=True,
-                       capture_output=True)  # fmt: skip
+        prepare_char(f"{tmp}/data", args.corpus, tmp)
         runs = {
             "recipe": [sys.executable, str(REPO / "run.py"), *base, f"train.max_iters={args.iters}",
                        f"optim.lr_decay_iters={args.iters}"],

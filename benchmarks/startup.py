@@ -16,7 +16,6 @@ Prints one line: `startup: import torch <s>; run.py to first step <s> (+<s>; ...
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_step import run_baseline  # benchmarks/ is on sys.path when this file runs as a script
+from common import CORPUS, ENV, REPO, prepare_char  # benchmarks/ is on sys.path when this file runs as a script
+from train_step import run_baseline
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 HEAVY = ("transformers", "datasets", "wandb", "tiktoken")
 
 
@@ -84,13 +82,12 @@ def heavy_imports(script: str, args: list[str], cwd: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
-        subprocess.run([sys.executable, str(REPO / "prepare.py"), *base[1:]], cwd=tmp, env=ENV, check=True,
-                       capture_output=True)  # fmt: skip
+        prepare_char(f"{tmp}/data", args.corpus, tmp)
         # A checkpoint to sample from: two steps of the recipe.
         subprocess.run([sys.executable, str(REPO / "run.py"), *base, "train.max_iters=2", "train.eval_iters=1",
                         "optim.warmup_iters=1", "optim.lr_decay_iters=2", "name=ckpt"], cwd=tmp, env=ENV,

@@ -18,8 +18,6 @@ start-up, training and evaluations alike. `train` is the training steps alone (f
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import statistics
 import subprocess
@@ -29,7 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import CORPUS, ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path as a script
+from omegaconf import OmegaConf
+
 PRESETS = ("shakespeare_char_cpu", "shakespeare_char_cpu_fast")
 EVAL_LINE = re.compile(r"iter (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -64,12 +64,9 @@ def run_preset(preset: str, tmp: str, common: list[str], env: dict[str, str]) ->
     if p.returncode != 0:
         sys.exit(f"{preset} failed ({p.returncode}):\n{''.join(output[-20:])}")
     [run_dir] = [d for d in (Path(tmp) / "outputs" / preset).iterdir() if not d.is_symlink()]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    config = (run_dir / ".hydra" / "config.yaml").read_text()
-    block = int(re.search(r"block_size: (\d+)", config).group(1))
-    batch = int(re.search(r"batch_size: (\d+)", config).group(1))
-    accum = int(re.search(r"grad_accum: (\d+)", config).group(1))
-    run.tokens_per_step = block * batch * accum
+    records = read_metrics(run_dir)
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # as run
+    run.tokens_per_step = cfg.model.block_size * cfg.train.batch_size * cfg.train.grad_accum
     # With log_interval 1 each record times one step (its tokens/s excludes evaluations).
     run.step_s = {r["iter"]: run.tokens_per_step / r["tokens_per_s"] for r in records if "tokens_per_s" in r}
     (Path(tmp) / "outputs" / preset).rename(Path(tmp) / f"done-{preset}-{time.time_ns()}")
@@ -110,7 +107,7 @@ def plot(runs: dict[str, list[Run]], target: float, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("--target", type=float, default=1.8857, help="val loss to reach")
     ap.add_argument("--eval-interval", type=int, default=50, help="evaluate every this many steps (both presets)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each preset, alternating; medians reported")
@@ -119,14 +116,11 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra run.py overrides for both, e.g. device.compile=true")
     args = ap.parse_args()
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    env = {**ENV, "OMP_NUM_THREADS": str(args.threads)} if args.threads else ENV
     runs: dict[str, list[Run]] = {p: [] for p in PRESETS}
     with tempfile.TemporaryDirectory() as tmp:
         data = [f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
-        subprocess.run([sys.executable, str(REPO / "prepare.py"), "data=shakespeare_char", *data], cwd=tmp, env=env,
-                       check=True, capture_output=True)  # fmt: skip
+        prepare_char(f"{tmp}/data", args.corpus, tmp)
         common = [*data, f"train.eval_interval={args.eval_interval}", *args.overrides]
         for _ in range(args.repeats):
             for preset in PRESETS:

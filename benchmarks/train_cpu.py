@@ -9,8 +9,6 @@ nanoGPT reports val 1.88 for this recipe (its README, "I'm on a macbook").
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -18,25 +16,23 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import CORPUS, ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path as a script
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("overrides", nargs="*", help="extra run.py overrides, e.g. train.max_iters=500")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
-        subprocess.run([sys.executable, str(REPO / "prepare.py"), *base[1:]], cwd=tmp, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        prepare_char(f"{tmp}/data", args.corpus, tmp)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "run.py"), *base, *args.overrides], cwd=tmp, env=env, check=True,
+        subprocess.run([sys.executable, str(REPO / "run.py"), *base, *args.overrides], cwd=tmp, env=ENV, check=True,
                        capture_output=True)  # fmt: skip
         wall = time.perf_counter() - t0
         [run] = [p for p in (Path(tmp) / "outputs" / "shakespeare_char_cpu").iterdir() if not p.is_symlink()]
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run)
     steps = [r for r in records if "tokens_per_s" in r][10:]  # past warm-up
     tps = statistics.median(r["tokens_per_s"] for r in steps)
     last_eval = [r for r in records if "val_loss" in r][-1]

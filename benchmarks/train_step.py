@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+from common import CORPUS, ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path as a script
+
 WARMUP = 10  # steps left out of the tokens/s median
 
 
@@ -111,13 +111,13 @@ def ours(data_dir: str, corpus: str, iters: int, overrides: list[str], cwd: str)
     args = ["experiment=shakespeare_char_cpu", f"paths.data_dir={data_dir}", f"data.source={corpus}",
             f"train.max_iters={iters}", *overrides]  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env={**os.environ, **ENV},
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV,
                           capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run.py failed:\n{proc.stderr[-3000:]}")
     run = Path(cwd) / "outputs" / "shakespeare_char_cpu" / "latest"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     tps = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][WARMUP:]
     return {"tokens_per_s": tps, "val_loss": [r for r in records if "val_loss" in r][-1]["val_loss"], "wall_s": wall}
 
@@ -125,7 +125,7 @@ def ours(data_dir: str, corpus: str, iters: int, overrides: list[str], cwd: str)
 def run_baseline(data_dir: str, iters: int, cwd: str, eval_iters: int = 20) -> dict:
     """The baseline in a fresh process; its figures, with `wall_s` measured from here."""
     t0 = time.perf_counter()
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "BENCH_LAUNCHED_AT": repr(time.time())}
+    env = {**ENV, "BENCH_LAUNCHED_AT": repr(time.time())}
     cmd = [sys.executable, __file__, "--baseline-worker", data_dir, "--iters", str(iters)]
     cmd += ["--eval-iters", str(eval_iters)]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -137,7 +137,7 @@ def run_baseline(data_dir: str, iters: int, cwd: str, eval_iters: int = 20) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--baseline-worker", metavar="DATA_DIR", help=argparse.SUPPRESS)
@@ -154,9 +154,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = f"{tmp}/data"
-        subprocess.run([sys.executable, str(REPO / "prepare.py"), "data=shakespeare_char", f"paths.data_dir={data_dir}",
-                        f"data.source={args.corpus}"], cwd=tmp, env={**os.environ, **ENV}, check=True,
-                       capture_output=True)  # fmt: skip
+        prepare_char(data_dir, args.corpus, tmp)
         results: dict[str, list[dict]] = {"ours": [], "base": []}
         for r in range(args.rounds):
             # Alternate which goes first, so a slow spell of the machine's other jobs hits both.

@@ -13,6 +13,22 @@ from nanogpt.config import LoggerConfig
 log = logging.getLogger("nanogpt")
 
 
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of <run dir>/metrics.jsonl in order ([] if there is none), skipping a last line a kill cut
+    short. A resumed run appends from its checkpoint, so an iter can appear twice: the later record is current."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 class MetricsLog:
     """Appends one JSON object per line to <run dir>/metrics.jsonl, and mirrors it to wandb if enabled."""
 

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nanogpt.errors import UserError, exit_on_user_error
+from nanogpt.logging import read_metrics
 
 log = logging.getLogger("nanogpt")
 
@@ -55,21 +56,14 @@ def read_job(path: str) -> Job:
         with open(os.path.join(path, "status.json")) as f:
             status = json.load(f)
 
-    # metrics.jsonl: a requeued or resumed run appends again from its checkpoint; the last record of an iter wins.
+    # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
     evals: dict[int, float] = {}
     train: dict[int, dict[str, Any]] = {}
-    metrics_file = os.path.join(path, "metrics.jsonl")
-    if os.path.isfile(metrics_file):
-        with open(metrics_file) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                if record.get("val_loss") is not None:
-                    evals[record["iter"]] = record["val_loss"]
-                if "loss" in record:
-                    train[record["iter"]] = record
+    for record in read_metrics(path):
+        if record.get("val_loss") is not None:
+            evals[record["iter"]] = record["val_loss"]
+        if "loss" in record:
+            train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
     last_train = train[max(train)].get("loss") if train else None
     return Job(

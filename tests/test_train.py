@@ -184,6 +184,14 @@ def test_compile_on_cpu(tmp_path, char_data):
     assert len([r for r in metrics(run) if "loss" in r]) == 3
 
 
+def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
+    from nanogpt.logging import read_metrics
+
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text('{"iter": 0, "loss": 4.2}\n{"iter": 1, "loss": 4.1}\n{"iter": 2, "lo')
+    assert read_metrics(tmp_path) == [{"iter": 0, "loss": 4.2}, {"iter": 1, "loss": 4.1}]
+
+
 def test_eval_only_writes_no_checkpoint(tmp_path, char_data):
     run = train(tmp_path, char_data, "train.eval_only=true")
     assert [r["iter"] for r in metrics(run)] == [0]
