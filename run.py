@@ -4,7 +4,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nanogpt.config import main_with_clean_errors, register_configs
+from nanogpt.cli import main_with_clean_errors, register_configs
 
 register_configs()
 

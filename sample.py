@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from nanogpt.config import main_with_clean_errors, register_configs
+from nanogpt.cli import main_with_clean_errors, register_configs
 
 register_configs()
 

@@ -11,18 +11,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # nanogpt, when a benchmark runs as python benchmarks/<name>.py
 
-from nanogpt.logging import read_metrics  # noqa: E402
+from nanogpt.metrics import read_metrics  # noqa: E402
 
 __all__ = ["CORPUS", "ENV", "REPO", "prepare_char", "read_metrics"]
 
 CORPUS = str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")  # the real tiny Shakespeare
 # No network waits, no wandb, no transformers chatter, output as it is printed; nanogpt found without an install.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-       "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}  # fmt: skip
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": str(REPO),
+}
 
 
 def prepare_char(data_dir: str, corpus: str, cwd: str) -> None:
     """`prepare.py data=shakespeare_char` from `corpus` into `data_dir`."""
-    cmd = [sys.executable, str(REPO / "prepare.py"), "data=shakespeare_char", f"paths.data_dir={data_dir}",
-           f"data.source={corpus}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "prepare.py"),
+        "data=shakespeare_char",
+        f"paths.data_dir={data_dir}",
+        f"data.source={corpus}",
+    ]
     subprocess.run(cmd, cwd=cwd, env=ENV, check=True, capture_output=True)

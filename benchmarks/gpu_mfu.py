@@ -31,13 +31,22 @@ import numpy as np
 from common import ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path when this file runs as a script
 from omegaconf import OmegaConf
 
-from nanogpt.data.prepare import finish_dataset
+from nanogpt.data.tokens import finish_dataset
 
 STEP_TOKENS = 12 * 1024 * 40  # nanoGPT's GPT-2 step: 491,520 tokens
 # --smoke: the shakespeare_char recipe sets its model and loop in full, so shrink them back for a CPU check.
-SMOKE_RECIPE = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
-                "train.max_iters=20", "train.eval_interval=10", "train.eval_iters=2", "optim.warmup_iters=2",
-                "optim.lr_decay_iters=20"]  # fmt: skip
+SMOKE_RECIPE = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.max_iters=20",
+    "train.eval_interval=10",
+    "train.eval_iters=2",
+    "optim.warmup_iters=2",
+    "optim.lr_decay_iters=20",
+]
 
 
 def write_random_owt(data_dir: Path, train_tokens: int, seed: int = 0) -> None:
@@ -57,14 +66,24 @@ def run_gpt2(tmp: Path, microbatch: int, iters: int, extra: list[str]) -> tuple[
     accum = max(1, round(STEP_TOKENS / (microbatch * 1024)))
     name = f"mfu-b{microbatch}"
     args = [
-        "experiment=gpt2_owt", f"paths.data_dir={tmp / 'data'}", f"name={name}", f"train.batch_size={microbatch}",
-        f"train.grad_accum={accum}", f"train.max_iters={iters}", f"train.eval_interval={iters}", "train.eval_iters=1",
-        "train.log_interval=5", "train.always_save_checkpoint=false", f"optim.warmup_iters={min(5, iters - 1)}",
-        f"optim.lr_decay_iters={iters}", *extra,
-    ]  # fmt: skip
+        "experiment=gpt2_owt",
+        f"paths.data_dir={tmp / 'data'}",
+        f"name={name}",
+        f"train.batch_size={microbatch}",
+        f"train.grad_accum={accum}",
+        f"train.max_iters={iters}",
+        f"train.eval_interval={iters}",
+        "train.eval_iters=1",
+        "train.log_interval=5",
+        "train.always_save_checkpoint=false",
+        f"optim.warmup_iters={min(5, iters - 1)}",
+        f"optim.lr_decay_iters={iters}",
+        *extra,
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=tmp, env=ENV, capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args], cwd=tmp, env=ENV, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         if "out of memory" in proc.stderr.lower():
@@ -77,10 +96,12 @@ def run_gpt2(tmp: Path, microbatch: int, iters: int, extra: list[str]) -> tuple[
         sys.exit(f"gpu_mfu: {iters} steps make one logged interval only: give more --iters")
     train_cfg = OmegaConf.load(run / ".hydra" / "config.yaml").train  # as run, overrides included
     figures = {
-        "microbatch": train_cfg.batch_size, "accum": train_cfg.grad_accum, "wall_s": wall,
+        "microbatch": train_cfg.batch_size,
+        "accum": train_cfg.grad_accum,
+        "wall_s": wall,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
         "mfu": statistics.median(r["mfu"] for r in steps) if all("mfu" in r for r in steps) else None,
-    }  # fmt: skip
+    }
     return "ok", figures
 
 
@@ -88,8 +109,13 @@ def run_shakespeare(tmp: Path, corpus: str, extra: list[str]) -> dict:
     data = [f"paths.data_dir={tmp / 'data'}", f"data.source={corpus}"]
     prepare_char(str(tmp / "data"), corpus, str(tmp))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "run.py"), "experiment=shakespeare_char", *data, *extra], cwd=tmp,
-                   env=ENV, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "experiment=shakespeare_char", *data, *extra],
+        cwd=tmp,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - t0
     run = tmp / "outputs" / "shakespeare_char" / "latest"
     records = read_metrics(run)
@@ -107,8 +133,14 @@ def main() -> None:
 
     extra = list(args.overrides)
     if args.smoke:
-        extra = ["model=tiny", "model.block_size=64", "device=cpu", "train.grad_accum=2", "train.log_interval=1",
-                 *extra]  # fmt: skip
+        extra = [
+            "model=tiny",
+            "model.block_size=64",
+            "device=cpu",
+            "train.grad_accum=2",
+            "train.log_interval=1",
+            *extra,
+        ]
         gpu, what = "CPU (smoke run, not a figure)", "tiny model, block 64, fp32"
     else:
         import torch

@@ -52,8 +52,16 @@ def sampling_worker(kind: str) -> None:
 
         hf = GPT2LMHeadModel(GPT2Config(attn_implementation="sdpa")).eval()
         idx = torch.randint(0, 50257, (1, PROMPT))
-        hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=NEW, min_new_tokens=NEW,
-                    do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)  # fmt: skip
+        hf.generate(
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         return
     from nanogpt.config import ModelConfig
     from nanogpt.model import GPT
@@ -80,12 +88,23 @@ def main() -> None:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
         prepare_char(f"{tmp}/data", args.corpus, tmp)
         runs = {
-            "recipe": [sys.executable, str(REPO / "run.py"), *base, f"train.max_iters={args.iters}",
-                       f"optim.lr_decay_iters={args.iters}"],
-            "baseline": [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--baseline-worker",
-                         f"{tmp}/data", "--iters", str(args.iters)],
+            "recipe": [
+                sys.executable,
+                str(REPO / "run.py"),
+                *base,
+                f"train.max_iters={args.iters}",
+                f"optim.lr_decay_iters={args.iters}",
+            ],
+            "baseline": [
+                sys.executable,
+                str(REPO / "benchmarks" / "train_step.py"),
+                "--baseline-worker",
+                f"{tmp}/data",
+                "--iters",
+                str(args.iters),
+            ],
             **{f"sample_{k}": [sys.executable, __file__, "--worker", k] for k in ("ours", "recompute", "hf")},
-        }  # fmt: skip
+        }
         peaks: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(args.rounds):
             for name, cmd in runs.items() if r % 2 == 0 else reversed(runs.items()):

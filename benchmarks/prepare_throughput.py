@@ -126,8 +126,12 @@ def ours(path: str, out: str, num_proc: int) -> tuple[float, float, int, int]:
     the peak anonymous memory of all its processes together, polled every 20 ms (MiB)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _OURS, path, out, str(num_proc)],
-        cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     peak_rss, peak_anon, done = 0, 0, threading.Event()
 
     def poll() -> None:
@@ -171,11 +175,13 @@ def main() -> None:
                 with open(os.path.join(out, "meta.json")) as f:
                     meta = json.load(f)
                 if meta["train_tokens"] + meta["val_tokens"] != expected:
-                    raise SystemExit(f"token counts differ: ours {meta['train_tokens'] + meta['val_tokens']}, "
-                                     f"tiktoken {expected}")  # fmt: skip
+                    raise SystemExit(
+                        f"token counts differ: ours {meta['train_tokens'] + meta['val_tokens']}, tiktoken {expected}"
+                    )
                 shutil.rmtree(out)
-                runs.append({"t_wall": t_wall, "t_cpu": t_cpu, "o_wall": o_wall, "o_cpu": o_cpu, "rss": rss,
-                             "anon": anon})  # fmt: skip
+                runs.append(
+                    {"t_wall": t_wall, "t_cpu": t_cpu, "o_wall": o_wall, "o_cpu": o_cpu, "rss": rss, "anon": anon}
+                )
                 print(
                     f"  {mb} MB, repeat {r + 1}: tiktoken {size / t_wall / 1e6:.2f} MB/s ({t_cpu:.1f} CPU s), "
                     f"ours {size / o_wall / 1e6:.2f} MB/s ({o_cpu:.1f} CPU s), ratio {t_wall / o_wall:.0%}, "

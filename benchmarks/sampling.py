@@ -71,8 +71,16 @@ def main() -> None:
         return ours.generate(idx, args.new, temperature=0.0)
 
     def run_hf() -> torch.Tensor:
-        return hf.generate(idx, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new,
-                           do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)  # fmt: skip
+        return hf.generate(
+            idx,
+            attention_mask=mask,
+            max_new_tokens=args.new,
+            min_new_tokens=args.new,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
 
     def run_recompute() -> torch.Tensor:
         return recompute(ours, idx, args.new)

@@ -55,8 +55,10 @@ def main() -> None:
         parts.append((name, fp32, bf16))
     ratios = ", ".join(f"{name} {bf16 / fp32:.2f}x" for name, fp32, bf16 in parts)
     detail = "; ".join(f"{name} {fp32:,.1f} vs {bf16:,.1f}" for name, fp32, bf16 in parts)
-    print(f"sampling_dtype: bf16/fp32 tokens/s: {ratios} (fp32 vs bf16 tokens/s: {detail}; "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds)")  # fmt: skip
+    print(
+        f"sampling_dtype: bf16/fp32 tokens/s: {ratios} (fp32 vs bf16 tokens/s: {detail}; "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,14 @@ def time_to_first_step(args: list[str], cwd: str, outputs: Path) -> float:
     """Seconds from launching run.py to its first step's record in metrics.jsonl; the run is then stopped."""
     before = set(outputs.iterdir()) if outputs.exists() else set()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while True:
             new = [p for p in outputs.iterdir() if p not in before and not p.is_symlink()] if outputs.exists() else []
@@ -58,8 +64,13 @@ def time_to_first_step(args: list[str], cwd: str, outputs: Path) -> float:
 def time_to_first_token(args: list[str], cwd: str, prompt: str) -> float:
     """Seconds from launching sample.py to the first generated character on its stdout."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "sample.py"), *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "sample.py"), *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     seen = b""
     try:
         while len(seen) <= len(prompt.encode()):
@@ -74,8 +85,14 @@ def time_to_first_token(args: list[str], cwd: str, prompt: str) -> float:
 
 
 def heavy_imports(script: str, args: list[str], cwd: str) -> list[str]:
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / script), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / script), *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     names = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     return sorted(n for n in names if n.split(".")[0] in HEAVY)
 
@@ -89,9 +106,22 @@ def main() -> None:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
         prepare_char(f"{tmp}/data", args.corpus, tmp)
         # A checkpoint to sample from: two steps of the recipe.
-        subprocess.run([sys.executable, str(REPO / "run.py"), *base, "train.max_iters=2", "train.eval_iters=1",
-                        "optim.warmup_iters=1", "optim.lr_decay_iters=2", "name=ckpt"], cwd=tmp, env=ENV,
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "run.py"),
+                *base,
+                "train.max_iters=2",
+                "train.eval_iters=1",
+                "optim.warmup_iters=1",
+                "optim.lr_decay_iters=2",
+                "name=ckpt",
+            ],
+            cwd=tmp,
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         run_dir = str(Path(tmp) / "outputs" / "ckpt" / "latest")
         run_args = [*base, "train.eval_iters=1"]
         sample_args = [f"run={run_dir}", "start=ROMEO:", "num_samples=1", "max_new_tokens=1"]

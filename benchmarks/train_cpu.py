@@ -28,8 +28,13 @@ def main() -> None:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
         prepare_char(f"{tmp}/data", args.corpus, tmp)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "run.py"), *base, *args.overrides], cwd=tmp, env=ENV, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(REPO / "run.py"), *base, *args.overrides],
+            cwd=tmp,
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t0
         [run] = [p for p in (Path(tmp) / "outputs" / "shakespeare_char_cpu").iterdir() if not p.is_symlink()]
         records = read_metrics(run)

@@ -48,8 +48,18 @@ def baseline(data_dir: str, iters: int, eval_iters: int = 20) -> dict:
     batch_size, block_size = 12, 64
     lr, min_lr, warmup, decay_iters = 1e-3, 1e-4, 100, 2000
     torch.manual_seed(1337)
-    model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=block_size, vocab_size=65, dropout=0.0,
-                            bias=False, pad_vocab_multiple=1))  # fmt: skip
+    model = GPT(
+        ModelConfig(
+            n_layer=4,
+            n_head=4,
+            n_embd=128,
+            block_size=block_size,
+            vocab_size=65,
+            dropout=0.0,
+            bias=False,
+            pad_vocab_multiple=1,
+        )
+    )
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=lr, betas=(0.9, 0.99))
 
     def get_batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,11 +118,17 @@ def peak_rss_mib() -> float:
 
 
 def ours(data_dir: str, corpus: str, iters: int, overrides: list[str], cwd: str) -> dict:
-    args = ["experiment=shakespeare_char_cpu", f"paths.data_dir={data_dir}", f"data.source={corpus}",
-            f"train.max_iters={iters}", *overrides]  # fmt: skip
+    args = [
+        "experiment=shakespeare_char_cpu",
+        f"paths.data_dir={data_dir}",
+        f"data.source={corpus}",
+        f"train.max_iters={iters}",
+        *overrides,
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run.py failed:\n{proc.stderr[-3000:]}")
@@ -166,8 +182,11 @@ def main() -> None:
                 res["median_tps"] = statistics.median(res["tokens_per_s"])
                 results[who].append(res)
                 if args.verbose:
-                    print(f"  round {r} {who}: {res['median_tps']:,.0f} tokens/s, val {res['val_loss']:.4f}, "
-                          f"wall {res['wall_s']:.1f} s", flush=True)  # fmt: skip
+                    print(
+                        f"  round {r} {who}: {res['median_tps']:,.0f} tokens/s, val {res['val_loss']:.4f}, "
+                        f"wall {res['wall_s']:.1f} s",
+                        flush=True,
+                    )
 
     def med(who: str, key: str) -> float:
         return statistics.median(res[key] for res in results[who])

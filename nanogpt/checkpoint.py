@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 
 from nanogpt.errors import UserError
+from nanogpt.files import atomic_symlink, fsync
 
 WEIGHTS, STATE, INFO = "model.safetensors", "trainer.pt", "info.json"
 _ITER_DIR = re.compile(r"^iter-(\d+)(?:-\d+)?$")
@@ -64,9 +65,9 @@ def save(
         with open(os.path.join(tmp, INFO), "w") as f:
             json.dump(info, f, indent=1)
         for f in os.listdir(tmp):
-            _fsync(os.path.join(tmp, f))
+            fsync(os.path.join(tmp, f))
         os.rename(tmp, final)
-        _fsync(root)
+        fsync(root)
         for link, wanted in (("latest", as_latest), ("best", as_best)):
             if wanted:
                 _point(root, link, name)
@@ -92,20 +93,8 @@ def _free_name(root: str, name: str) -> str:
 
 
 def _point(root: str, link: str, target: str) -> None:
-    tmp = os.path.join(root, f"{link}.tmp-{os.getpid()}")
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, os.path.join(root, link))
-    _fsync(root)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_symlink(target, os.path.join(root, link))
+    fsync(root)
 
 
 def _prune(root: str, keep_last: int) -> None:

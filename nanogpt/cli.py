@@ -1,54 +1,185 @@
-"""What the entry points do once Hydra has composed their config: validate it, run, report."""
+"""The Hydra boundary: the schemas in Hydra's ConfigStore, our resolvers, composition errors as one line, a run's
+saved config loaded back, and what each entry point does with its composed config (validate, run, status.json,
+exit codes). The rest of the package takes typed config objects (nanogpt/config.py) and never touches Hydra."""
 
 from __future__ import annotations
 
-import atexit
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import ExportConfig, PrepareConfig, RunConfig, SampleConfig, load_run_config, to_object
-from nanogpt.distributed import launch_env
-from nanogpt.errors import UserError, exit_on_user_error
-from nanogpt.runlock import RunDirBusy
+from nanogpt.config import ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
+from nanogpt.errors import FailedDuringTraining, UserError, exit_on_user_error
+from nanogpt.files import atomic_symlink, atomic_write_text
 
 log = logging.getLogger("nanogpt")
+
+# Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
+_GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
+
+
+# ---- composition: schemas, resolvers, errors ----
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    if not OmegaConf.has_resolver("nanogpt.rank_dir"):
+        OmegaConf.register_new_resolver("nanogpt.rank_dir", _rank_dir)
+        OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
+
+
+def main_with_clean_errors(main: Callable[[], Any]) -> None:
+    """Run a `@hydra.main` function so that a config Hydra cannot compose (unknown key or option, wrong
+    type, bad override syntax) prints one line naming it and exits 2, instead of Hydra's multi-line report.
+    NANOGPT_TRACEBACK=1 shows the full traceback instead."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if os.environ.get("NANOGPT_TRACEBACK") == "1":
+            raise
+        print(f"error: {config_error_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def config_error_line(e: BaseException) -> str:
+    """One line saying which key, option or override was wrong and what to do."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    def first_line(x: BaseException) -> str:
+        return str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__
+
+    cause = e.__cause__ or e
+    key = getattr(cause, "full_key", None)  # OmegaConf's errors carry the key they concern
+    if isinstance(e, MissingConfigException) and e.options:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        return f"{group}={name} is not an option: choose one of {', '.join(sorted(e.options))}"
+    if isinstance(e, OverrideParseException):
+        return f"cannot parse the override {e.override!r} ({first_line(e)}): write it as key=value"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
+    if isinstance(cause, ValidationError) and key:
+        return f"{key}: {first_line(cause)}; give a value of the right type"
+    return first_line(e) + (f" ({first_line(cause)})" if cause is not e else "")
+
+
+# Each process resolves `${now:}` for itself, and could land a second apart from rank 0: other ranks get a
+# throw-away Hydra dir under this prefix and learn rank 0's dir once the process group is up.
+_SCRATCH_RANK_DIR = "nanogpt-rank"
+
+
+def _launch_rank() -> int:
+    from nanogpt.distributed import launch_env
+
+    return launch_env().rank
+
+
+def _rank_dir(run_dir: str, resume: str | None) -> str:
+    """The run dir Hydra should create for this process: the dated dir (or the resumed run's) on rank 0."""
+    rank = _launch_rank()
+    if rank > 0:
+        return os.path.join(tempfile.gettempdir(), f"{_SCRATCH_RANK_DIR}{rank}-{os.getpid()}")
+    return resume if resume else run_dir
+
+
+def _is_scratch_rank_dir(run_dir: str) -> bool:
+    return os.path.basename(run_dir).startswith(_SCRATCH_RANK_DIR)
+
+
+def _hydra_subdir(resume: str | None) -> str | None:
+    """Hydra saves the composed config in `.hydra/` except on other ranks and when resuming a run,
+    whose `.hydra/config.yaml` is the record of how it started and must not be overwritten."""
+    return None if resume or _launch_rank() > 0 else ".hydra"
+
+
+def to_object(cfg: DictConfig | Any, schema: type) -> Any:
+    """A composed Hydra config as its validated dataclass."""
+    # Hydra's `+key=value` can slip a key past the schema: name it rather than ignore it.
+    extra = _unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
+    if extra:
+        raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
+    obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    validate(obj)
+    return obj
+
+
+def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out = []
+    for key, value in values.items() if isinstance(values, dict) else ():
+        if key not in fields:
+            out.append(prefix + str(key))
+        elif dataclasses.is_dataclass(fields[key].default_factory if callable(fields[key].default_factory) else None):
+            out += _unknown_keys(value, fields[key].default_factory, f"{prefix}{key}.")
+    return out
+
+
+def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:
+    """The config a run was started with (its `.hydra/config.yaml`), with `key=value` overrides applied."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir!r} does not exist: give a run dir written by run.py (outputs/<experiment>/...)")
+    path = os.path.join(run_dir, ".hydra", "config.yaml")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir!r} is not a run dir (no .hydra/config.yaml): pass the dir a run.py run wrote")
+    bad = [o for o in overrides or [] if "=" not in o or o.split("=", 1)[0].lstrip("+~") in _GROUPS]
+    if bad:
+        raise UserError(f"cannot change {bad[0]!r} when resuming: only key=value overrides apply to a saved run")
+    saved = OmegaConf.load(path)
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides or []))
+    cfg.resume = None
+    obj = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
+
+
+# ---- the entry points ----
 
 
 def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool = False) -> None:
     """Train as `cfg` says. In a sweep a failed job is recorded in its status.json and the sweep goes on;
     otherwise a user error exits 2 with one line, and a signal exits 128 + its number after saving."""
-    from nanogpt.train import Interrupted, train
+    from nanogpt.runlock import RunDirBusy
+    from nanogpt.signals import Interrupted
+    from nanogpt.train import train
 
     started = time.time()
     status: dict = {"status": "running"}
-    main_rank = launch_env().rank == 0
-    if not main_rank and os.path.basename(run_dir).startswith("nanogpt-rank"):
-        # Other ranks got a throw-away Hydra dir (config._rank_dir): the run lives in rank 0's.
-        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
-    try:
-        if cfg.resume:
-            from nanogpt.checkpoint import find
+    main_rank = _launch_rank() == 0
+    if not main_rank and _is_scratch_rank_dir(run_dir):
+        import atexit
+        import shutil
 
-            run_dir = cfg.resume
-            if os.path.isdir(os.path.join(run_dir, ".hydra")) and find(run_dir) is None:
-                raise UserError(f"resume={run_dir}: the run has no checkpoint yet; start it again instead")
-            run_cfg = load_run_config(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
-        else:
-            run_cfg = to_object(cfg, RunConfig)
-            if main_rank and not multirun:
-                _link_latest(run_dir)
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)  # the run lives in rank 0's dir
+    try:
+        run_dir, run_cfg = _run_config(cfg, run_dir, overrides, link_latest=main_rank and not multirun)
         result = train(run_cfg, run_dir)
         run_dir = result.run_dir
         status = {
-            "status": "completed", "iter": result.iter, "best_val_loss": result.best_val_loss,
-            "val_loss": result.val_loss, "last_train_loss": result.last_train_loss,
-        }  # fmt: skip
+            "status": "completed",
+            "iter": result.iter,
+            "best_val_loss": result.best_val_loss,
+            "val_loss": result.val_loss,
+            "last_train_loss": result.last_train_loss,
+        }
     except Interrupted as e:
         status = {"status": "interrupted", "error": str(e)}
         _write_status(run_dir, status, started, main_rank)
@@ -67,7 +198,7 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             sys.exit(128 + e.signum)  # not rank 0: rank 0 requeues the job
     except UserError as e:
         status = {"status": "failed", "error": str(e)}
-        if isinstance(e, RunDirBusy) or (cfg.resume and not getattr(e, "during_training", False)):
+        if isinstance(e, RunDirBusy) or (cfg.resume and not isinstance(e, FailedDuringTraining)):
             main_rank = False  # a refused resume, or a live run's dir: leave the run's record alone
         if not multirun:
             _write_status(run_dir, status, started, main_rank and os.path.isdir(run_dir))
@@ -83,21 +214,29 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
     _write_status(run_dir, status, started, main_rank)
 
 
-def _link_latest(run_dir: str) -> None:
-    """Point outputs/<experiment>/latest at this run, so `sample.py run=outputs/<experiment>/latest` works."""
-    parent, name = os.path.split(os.path.abspath(run_dir))
-    tmp = os.path.join(parent, f".latest.tmp-{os.getpid()}")
-    os.symlink(name, tmp)
-    os.replace(tmp, os.path.join(parent, "latest"))
+def _run_config(cfg: DictConfig, run_dir: str, overrides: list[str], link_latest: bool) -> tuple[str, RunConfig]:
+    """The run dir and validated config of a new run, or of the run `resume=<dir>` continues."""
+    if not cfg.resume:
+        run_cfg = to_object(cfg, RunConfig)
+        if link_latest:
+            # outputs/<experiment>/latest -> this run, so `sample.py run=outputs/<experiment>/latest` works.
+            parent, name = os.path.split(os.path.abspath(run_dir))
+            atomic_symlink(name, os.path.join(parent, "latest"))
+        return run_dir, run_cfg
+    from nanogpt.checkpoint import find
+
+    run_cfg = load_run_config(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
+    if find(cfg.resume) is None:
+        # Killed before its first checkpoint: nothing to continue from, but a restart-until-done loop must still
+        # make progress in this dir.
+        log.warning("resume=%s has no checkpoint yet: starting the run from the beginning, in that dir", cfg.resume)
+    return cfg.resume, run_cfg
 
 
 def _write_status(run_dir: str, status: dict, started: float, write: bool) -> None:
-    if not write:
-        return
-    from nanogpt.data.prepare import atomic_write
-
-    status = {**status, "wall_s": round(time.time() - started, 2)}
-    atomic_write(os.path.join(run_dir, "status.json"), (json.dumps(status, indent=1) + "\n").encode())
+    if write:
+        status = {**status, "wall_s": round(time.time() - started, 2)}
+        atomic_write_text(os.path.join(run_dir, "status.json"), json.dumps(status, indent=1) + "\n")
 
 
 @exit_on_user_error

@@ -1,23 +1,19 @@
 """Typed configuration: every field of every config group is defined and documented here, once.
 
-The YAML files in `conf/` only set values; Hydra merges them into these dataclasses, so an unknown key or a
-value of the wrong type is rejected with the key named. `validate()` adds the checks types cannot express.
-The rest of the package takes these objects and never touches Hydra.
+The YAML files in `conf/` only set values; Hydra merges them into these dataclasses (nanogpt/cli.py, the Hydra
+boundary), so an unknown key or a value of the wrong type is rejected with the key named. `validate()` adds the
+checks types cannot express. This module imports neither Hydra nor OmegaConf: the rest of the package takes
+these objects and never touches Hydra.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-
 from nanogpt.errors import UserError
+
+MISSING = "???"  # OmegaConf's marker for a value that must be given
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -189,126 +185,6 @@ class ExportConfig:
     out: str | None = None  # folder to write; None: <run dir>/huggingface
 
 
-def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(name="prepare_schema", node=PrepareConfig)
-    cs.store(name="sample_schema", node=SampleConfig)
-    cs.store(name="export_schema", node=ExportConfig)
-    if not OmegaConf.has_resolver("nanogpt.rank_dir"):
-        OmegaConf.register_new_resolver("nanogpt.rank_dir", _rank_dir)
-        OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
-
-
-def main_with_clean_errors(main: Callable[[], Any]) -> None:
-    """Run a `@hydra.main` function so that a config Hydra cannot compose (unknown key or option, wrong
-    type, bad override syntax) prints one line naming it and exits 2, instead of Hydra's multi-line report.
-    NANOGPT_TRACEBACK=1 shows the full traceback instead."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
-    try:
-        main()
-    except (HydraException, OmegaConfBaseException) as e:
-        if os.environ.get("NANOGPT_TRACEBACK") == "1":
-            raise
-        print(f"error: {config_error_line(e)}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def config_error_line(e: BaseException) -> str:
-    """One line saying which key, option or override was wrong and what to do."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
-    def first(x: BaseException) -> str:
-        return str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__
-
-    cause = e.__cause__ or e
-    key = getattr(cause, "full_key", None)
-    if isinstance(e, MissingConfigException) and e.options:
-        group, _, name = (e.missing_cfg_file or "").rpartition("/")
-        return f"{group}={name} is not an option: choose one of {', '.join(sorted(e.options))}"
-    if isinstance(e, OverrideParseException):
-        return f"cannot parse the override {e.override!r} ({first(e)}): write it as key=value"
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
-        return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
-    if isinstance(cause, ValidationError) and key:
-        return f"{key}: {first(cause)}; give a value of the right type"
-    return first(e) + (f" ({first(cause)})" if cause is not e else "")
-
-
-def _launch_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
-
-
-def _rank_dir(run_dir: str, resume: str | None) -> str:
-    """The run dir Hydra should create for this process.
-
-    Rank 0 gets the dated dir (or the resumed run's dir); other ranks get a throw-away dir, because each
-    process resolves `${now:}` for itself and could land a second apart. They learn rank 0's dir once the
-    process group is up.
-    """
-    if _launch_rank() > 0:
-        return os.path.join(tempfile.gettempdir(), f"nanogpt-rank{_launch_rank()}-{os.getpid()}")
-    return resume if resume else run_dir
-
-
-def _hydra_subdir(resume: str | None) -> str | None:
-    """Hydra saves the composed config in `.hydra/` except on other ranks and when resuming a run,
-    whose `.hydra/config.yaml` is the record of how it started and must not be overwritten."""
-    return None if resume or _launch_rank() > 0 else ".hydra"
-
-
-def to_object(cfg: DictConfig | Any, schema: type) -> Any:
-    """A composed Hydra config as its validated dataclass."""
-    # Hydra's `+key=value` can slip a key past the schema: name it rather than ignore it.
-    extra = _unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
-    if extra:
-        raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
-    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    obj = OmegaConf.to_object(merged)
-    validate(obj)
-    return obj
-
-
-def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    out = []
-    for key, value in values.items() if isinstance(values, dict) else ():
-        if key not in fields:
-            out.append(prefix + str(key))
-        elif dataclasses.is_dataclass(fields[key].default_factory if callable(fields[key].default_factory) else None):
-            out += _unknown_keys(value, fields[key].default_factory, f"{prefix}{key}.")
-    return out
-
-
-def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:
-    """The config a run was started with (its `.hydra/config.yaml`), with `key=value` overrides applied."""
-    path = os.path.join(run_dir, ".hydra", "config.yaml")
-    if not os.path.isfile(path):
-        raise UserError(f"{run_dir!r} is not a run dir (no .hydra/config.yaml): pass the dir a run.py run wrote")
-    saved = OmegaConf.load(path)
-    bad = [o for o in overrides or [] if "=" not in o or o.split("=", 1)[0].lstrip("+~") in _GROUPS]
-    if bad:
-        raise UserError(f"cannot change {bad[0]!r} when resuming: only key=value overrides apply to a saved run")
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides or []))
-    cfg.resume = None
-    obj = OmegaConf.to_object(cfg)
-    validate(obj)
-    return obj
-
-
-_GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
@@ -317,66 +193,76 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: Any) -> None:
     """Range checks that types cannot express; each failure names the key and what to do."""
     if isinstance(cfg, RunConfig):
-        m, t, o = cfg.model, cfg.train, cfg.optim
-        _check(m.n_layer > 0, f"model.n_layer={m.n_layer} must be > 0")
-        _check(m.n_head > 0, f"model.n_head={m.n_head} must be > 0")
-        _check(
-            m.n_embd > 0 and m.n_embd % m.n_head == 0,
-            f"model.n_embd={m.n_embd} must be a positive multiple of model.n_head={m.n_head}",
-        )
-        _check(m.block_size > 0, f"model.block_size={m.block_size} must be > 0")
-        _check(m.vocab_size is None or m.vocab_size > 0, f"model.vocab_size={m.vocab_size} must be > 0")
-        _check(m.pad_vocab_multiple > 0, f"model.pad_vocab_multiple={m.pad_vocab_multiple} must be > 0")
-        _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check_model(cfg.model)
         _check_modern(cfg)
-        _check(t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
-        _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
-        _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
-        _check(t.eval_interval > 0, f"train.eval_interval={t.eval_interval} must be > 0")
-        _check(t.eval_iters > 0, f"train.eval_iters={t.eval_iters} must be > 0")
-        _check(t.log_interval > 0, f"train.log_interval={t.log_interval} must be > 0")
-        _check(t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1")
-        _check(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}: use ddp or fsdp")
-        _check(
-            not (t.parallel == "fsdp" and o.name == "muon"),
-            "optim.name=muon orthogonalises whole matrices, which FSDP shards: use train.parallel=ddp with Muon",
-        )
-        _check(o.name in ("adamw", "muon"), f"optim.name={o.name!r} is not an optimizer we have: use adamw or muon")
-        _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
-        _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
-        _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
-        _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2={o.beta1}/{o.beta2} must be in [0, 1)")
-        _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-        _check(o.warmup_iters >= 0, f"optim.warmup_iters={o.warmup_iters} must be >= 0")
-        _check(
-            t.eval_only or o.warmup_iters <= max(t.max_iters, 1) or o.warmup_iters == 0,
-            f"optim.warmup_iters={o.warmup_iters} is longer than the run (train.max_iters={t.max_iters}): "
-            "lower it or train longer",
-        )
-        _check(
-            o.lr_decay_iters is None or o.lr_decay_iters >= o.warmup_iters,
-            f"optim.lr_decay_iters={o.lr_decay_iters} must be >= optim.warmup_iters={o.warmup_iters}",
-        )
+        _check_train(cfg.train, cfg.optim)
+        _check_optim(cfg.optim)
         _check(cfg.logger.name in ("none", "wandb"), f"logger.name={cfg.logger.name!r}: use none or wandb")
         _check_device(cfg.device)
         _check_data(cfg.data)
     elif isinstance(cfg, PrepareConfig):
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
-        _check(
-            (cfg.run is None) != (cfg.init_from is None),
-            "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
-        )
-        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
-        _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
-        _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
-        _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
-        _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
-        _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
+        _check_sample(cfg)
         _check_device(cfg.device)
     elif isinstance(cfg, ExportConfig):
         _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+
+
+def _check_model(m: ModelConfig) -> None:
+    _check(m.n_layer > 0, f"model.n_layer={m.n_layer} must be > 0")
+    _check(m.n_head > 0, f"model.n_head={m.n_head} must be > 0")
+    _check(
+        m.n_embd > 0 and m.n_embd % m.n_head == 0,
+        f"model.n_embd={m.n_embd} must be a positive multiple of model.n_head={m.n_head}",
+    )
+    _check(m.block_size > 0, f"model.block_size={m.block_size} must be > 0")
+    _check(m.vocab_size is None or m.vocab_size > 0, f"model.vocab_size={m.vocab_size} must be > 0")
+    _check(m.pad_vocab_multiple > 0, f"model.pad_vocab_multiple={m.pad_vocab_multiple} must be > 0")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+
+
+def _check_train(t: TrainConfig, o: OptimConfig) -> None:
+    _check(t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
+    _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
+    _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
+    _check(t.eval_interval > 0, f"train.eval_interval={t.eval_interval} must be > 0")
+    _check(t.eval_iters > 0, f"train.eval_iters={t.eval_iters} must be > 0")
+    _check(t.log_interval > 0, f"train.log_interval={t.log_interval} must be > 0")
+    _check(t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1")
+    _check(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}: use ddp or fsdp")
+    _check(
+        not (t.parallel == "fsdp" and o.name == "muon"),
+        "optim.name=muon orthogonalises whole matrices, which FSDP shards: use train.parallel=ddp with Muon",
+    )
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _check(o.name in ("adamw", "muon"), f"optim.name={o.name!r} is not an optimizer we have: use adamw or muon")
+    _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
+    _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2={o.beta1}/{o.beta2} must be in [0, 1)")
+    _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    _check(o.warmup_iters >= 0, f"optim.warmup_iters={o.warmup_iters} must be >= 0")
+    _check(
+        o.lr_decay_iters is None or o.lr_decay_iters >= o.warmup_iters,
+        f"optim.lr_decay_iters={o.lr_decay_iters} must be >= optim.warmup_iters={o.warmup_iters}",
+    )
+
+
+def _check_sample(cfg: SampleConfig) -> None:
+    _check(
+        (cfg.run is None) != (cfg.init_from is None),
+        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
+    )
+    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+    _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
+    _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
+    _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
+    _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
+    _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
 
 
 def _check_modern(cfg: RunConfig) -> None:

@@ -14,6 +14,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# A checkpoint's optimizer states are one state dict per optimizer, or, gathered from FSDP shards (which hold
+# every optimizer's state together, keyed by parameter name), one entry under this key.
+GATHERED_OPTIM_KEY = "fsdp"
+
 
 @dataclass
 class Dist:
@@ -158,11 +162,19 @@ def full_state(
         if id(p) in last_name:
             weights.pop(last_name[id(p)], None)
         last_name[id(p)] = name
-    return weights, [{"fsdp": opt_state}]
+    return weights, [{GATHERED_OPTIM_KEY: opt_state}]
 
 
-def load_sharded_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], state: dict) -> None:
+def is_gathered_optim_state(states: list[dict]) -> bool:
+    """Whether a checkpoint's optimizer states were gathered from FSDP shards by `full_state`."""
+    return len(states) == 1 and GATHERED_OPTIM_KEY in states[0]
+
+
+def load_sharded_optimizer_state(
+    model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], states: list[dict]
+) -> None:
     """Load a whole optimizer state (saved by `full_state`) into this rank's shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizers, state["fsdp"], options=StateDictOptions(full_state_dict=True))
+    whole = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, optimizers, states[0][GATHERED_OPTIM_KEY], options=whole)

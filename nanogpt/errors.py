@@ -14,6 +14,11 @@ class UserError(Exception):
     """Bad input: the message says what was wrong and what to do."""
 
 
+class FailedDuringTraining(UserError):
+    """A user error met once training had started (a diverged loss, a full disk): unlike a refused start or
+    resume, it is recorded in the run's status.json as the run's failure."""
+
+
 def exit_on_user_error(fn: F) -> F:
     """Turn a UserError into `error: <message>` on stderr and exit status 2; tracebacks stay for bugs."""
 

@@ -7,6 +7,8 @@ of them by the same factor each step.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
 import torch
@@ -14,6 +16,8 @@ import torch
 from nanogpt.config import OptimConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+
+log = logging.getLogger("nanogpt")
 
 
 def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Optimizer]:
@@ -34,9 +38,14 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
     optimizers: list[torch.optim.Optimizer] = [adamw]
     if hidden:
         muon = torch.optim.Muon(
-            hidden, lr=o.muon_lr, weight_decay=o.muon_weight_decay, momentum=o.muon_momentum, nesterov=True,
-            ns_steps=o.muon_ns_steps, adjust_lr_fn="original",
-        )  # fmt: skip
+            hidden,
+            lr=o.muon_lr,
+            weight_decay=o.muon_weight_decay,
+            momentum=o.muon_momentum,
+            nesterov=True,
+            ns_steps=o.muon_ns_steps,
+            adjust_lr_fn="original",
+        )
         optimizers.append(muon)
     for opt in optimizers:
         for group in opt.param_groups:
@@ -47,17 +56,17 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
 def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], model: torch.nn.Module) -> None:
     """Restore optimizer moments and step counts from a checkpoint, keeping the hyperparameters (lr, betas,
     weight decay...) of the current config: a resumed run may change them, e.g. `resume=<dir> optim.lr=1e-4`."""
-    from nanogpt.distributed import is_sharded, load_sharded_optimizer_state
+    from nanogpt.distributed import is_gathered_optim_state, is_sharded, load_sharded_optimizer_state
 
     configured = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in optimizers]
-    saved_sharded, sharded = bool(states) and "fsdp" in states[0], is_sharded(model)
+    saved_sharded, sharded = is_gathered_optim_state(states), is_sharded(model)
     if saved_sharded != sharded:
         raise UserError(
             f"the checkpoint was written {'with' if saved_sharded else 'without'} FSDP: resume it "
             f"{'with train.parallel=fsdp on several processes' if saved_sharded else 'without train.parallel=fsdp'}"
         )
     if sharded:
-        load_sharded_optimizer_state(model, optimizers, states[0])
+        load_sharded_optimizer_state(model, optimizers, states)
     elif len(states) != len(optimizers):
         raise UserError(
             f"the checkpoint holds {len(states)} optimizer state(s) but optim.name needs {len(optimizers)}: "
@@ -69,6 +78,29 @@ def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], mod
     for opt, hypers in zip(optimizers, configured, strict=True):
         for group, hyper in zip(opt.param_groups, hypers, strict=True):
             group.update(hyper)
+
+
+def fit_schedule(o: OptimConfig, max_iters: int, eval_only: bool = False) -> OptimConfig:
+    """The schedule fitted to a run of `max_iters` steps. A warmup or a decay longer than the run (a quick
+    `train.max_iters=20` on a long preset) is shortened to the run with a warning, instead of being refused."""
+    if eval_only:
+        return o
+    fitted = o
+    if o.warmup_iters > max_iters:
+        log.warning(
+            "optim.warmup_iters=%d is longer than the run: warming up over train.max_iters=%d instead",
+            o.warmup_iters,
+            max_iters,
+        )
+        fitted = dataclasses.replace(fitted, warmup_iters=max_iters)
+    if o.lr_decay_iters is not None and o.lr_decay_iters > max_iters:
+        log.warning(
+            "optim.lr_decay_iters=%d is longer than the run: decaying over train.max_iters=%d instead",
+            o.lr_decay_iters,
+            max_iters,
+        )
+        fitted = dataclasses.replace(fitted, lr_decay_iters=max_iters)
+    return fitted
 
 
 def lr_factor(it: int, o: OptimConfig, max_iters: int) -> float:

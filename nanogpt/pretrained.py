@@ -61,9 +61,14 @@ def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name:
             f"use model.block_size<={c.n_positions}"
         )
     cfg = ModelConfig(
-        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
-        vocab_size=c.vocab_size, dropout=dropout, bias=True,
-    )  # fmt: skip
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        block_size=c.n_positions,
+        vocab_size=c.vocab_size,
+        dropout=dropout,
+        bias=True,
+    )
     model = GPT(cfg)
     ours = model.state_dict()
     theirs = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
@@ -100,10 +105,20 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
     bpe = tokenizer_meta.get("kind") == "gpt2"
     eot = 50256 if bpe else None
     hf_cfg = GPT2Config(
-        vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=c.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        activation_function="gelu_new",
+        resid_pdrop=c.dropout,
+        embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
     hf = GPT2LMHeadModel(hf_cfg)
     ours = model.state_dict()
     with torch.no_grad():
@@ -134,19 +149,12 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
 def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") -> str:
     """Write a run's `best` (else `latest`) checkpoint as a Hugging Face GPT-2 folder; returns the folder,
     `<run dir>/huggingface` unless `out_dir` is given."""
-    from nanogpt import checkpoint
+    from nanogpt.runs import load_run
 
-    if not os.path.isdir(run_dir):
-        raise UserError(f"run={run_dir!r} does not exist: give a run dir written by run.py")
-    ckpt = checkpoint.find(run_dir, which) or checkpoint.find(run_dir, "latest")
-    if ckpt is None:
-        raise UserError(f"run={run_dir!r} holds no checkpoint (checkpoints/{which}): train it first")
-    info = checkpoint.load_info(ckpt)
-    model = GPT(ModelConfig(**info["model"]))
-    checkpoint.load_weights(model, ckpt)
+    run = load_run(run_dir, which)
+    ckpt, info, vocab = run.checkpoint, run.info, run.vocab_size
     out = out_dir or os.path.join(run_dir, "huggingface")
-    vocab = info["data_vocab_size"]
-    to_huggingface(model, vocab, out, info["tokenizer"])
+    to_huggingface(run.model, vocab, out, info["tokenizer"])
     log.info(
         "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
     )

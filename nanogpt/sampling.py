@@ -9,24 +9,19 @@ from typing import TextIO
 
 import torch
 
-from nanogpt import checkpoint
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
-from nanogpt.config import DeviceConfig, ModelConfig, SampleConfig
+from nanogpt.config import DeviceConfig, SampleConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.runs import load_run
 
 
 def load_for_sampling(cfg: SampleConfig) -> tuple[GPT, tok.Tokenizer, int]:
     """The model, its tokenizer, and the size of the real vocabulary (padding ids are never sampled)."""
     if cfg.run is not None:
-        ckpt = checkpoint.find(cfg.run, cfg.checkpoint) or checkpoint.find(cfg.run, "latest")
-        if ckpt is None:
-            raise UserError(f"run={cfg.run!r} holds no checkpoint (checkpoints/{cfg.checkpoint}): train it first")
-        info = checkpoint.load_info(ckpt)
-        model = GPT(ModelConfig(**info["model"]))
-        checkpoint.load_weights(model, ckpt)
-        return model, tok.from_meta({"tokenizer": info["tokenizer"]}), info["data_vocab_size"]
+        run = load_run(cfg.run, cfg.checkpoint)
+        return run.model, run.tokenizer, run.vocab_size
     from nanogpt.pretrained import from_huggingface
 
     return from_huggingface(cfg.init_from), tok.GPT2Tokenizer(), 50257
@@ -82,9 +77,14 @@ def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
         out.write(tokenizer.decode(ids))
         with autocast():
             stream = model.generate_stream(
-                x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                vocab_limit=vocab, generator=generator,
-            )  # fmt: skip
+                x,
+                cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                vocab_limit=vocab,
+                generator=generator,
+            )
             text = ""
             for token in stream:
                 new.append(int(token))

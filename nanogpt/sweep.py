@@ -3,7 +3,7 @@
     python -m nanogpt.sweep multirun/<date>/<time>
 
 writes report.md, report.csv and val_loss.png into that dir. Hydra's multirun layout is the input: each job dir
-holds `.hydra/overrides.yaml`, `status.json` (nanogpt/cli.py) and `metrics.jsonl` (nanogpt/logging.py).
+holds `.hydra/overrides.yaml`, `status.json` (nanogpt/cli.py) and `metrics.jsonl` (nanogpt/metrics.py).
 `ReportCallback`, registered under `hydra.callbacks` in conf/train.yaml, writes the report when a sweep ends.
 """
 
@@ -23,7 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nanogpt.errors import UserError, exit_on_user_error
-from nanogpt.logging import read_metrics
+from nanogpt.files import atomic_write_text
+from nanogpt.metrics import read_metrics
 
 log = logging.getLogger("nanogpt")
 
@@ -113,11 +114,17 @@ def write_report(sweep_dir: str) -> list[str]:
     common, varying = _varying(jobs)
     rows = [
         {
-            "job": j.num, "overrides": " ".join(v), "status": j.status, "best_val_loss": j.best_val_loss,
-            "last_train_loss": j.last_train_loss, "tokens_per_s": j.tokens_per_s, "wall_s": j.wall_s, "iter": j.iter,
+            "job": j.num,
+            "overrides": " ".join(v),
+            "status": j.status,
+            "best_val_loss": j.best_val_loss,
+            "last_train_loss": j.last_train_loss,
+            "tokens_per_s": j.tokens_per_s,
+            "wall_s": j.wall_s,
+            "iter": j.iter,
         }
         for j, v in zip(jobs, varying, strict=True)
-    ]  # fmt: skip
+    ]
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "all_overrides", "error"], lineterminator="\n")
@@ -152,10 +159,7 @@ def write_report(sweep_dir: str) -> list[str]:
 
 
 def _write(path: str, text: str) -> str:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
@@ -196,8 +200,9 @@ class ReportCallback(Callback):
         try:
             paths = write_report(sweep_dir)
         except Exception as e:  # the jobs' results are on disk whatever happens here; the report can be redone
-            log.warning("no sweep report (%s: %s); write it with python -m nanogpt.sweep %s", type(e).__name__, e,
-                        sweep_dir)  # fmt: skip
+            log.warning(
+                "no sweep report (%s: %s); write it with python -m nanogpt.sweep %s", type(e).__name__, e, sweep_dir
+            )
             return
         log.info("sweep report: %s", ", ".join(paths))
 

@@ -1,15 +1,16 @@
-"""The training loop: set up the process, build or restore the model, then step, evaluate, checkpoint, log."""
+"""The training loop: set up the process, build or restore the model, then step, evaluate, checkpoint, log.
+
+`train()` reads top to bottom: `_setup` builds everything a run needs (the `Trainer`), `_train_loop` runs the
+steps, each one inline, as nanoGPT's loop does. Resume restores the `TrainState` a checkpoint saved.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,26 +20,14 @@ from nanogpt import checkpoint, distributed, optim
 from nanogpt import device as devices
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.data.batches import Batches
-from nanogpt.data.prepare import SPLITS, dataset_dir, prepare
-from nanogpt.errors import UserError
-from nanogpt.logging import MetricsLog
+from nanogpt.data.tokens import SPLITS, dataset_dir, read_meta
+from nanogpt.errors import FailedDuringTraining, UserError
+from nanogpt.metrics import MetricsLog
 from nanogpt.model import GPT
 from nanogpt.runlock import RunLock
+from nanogpt.signals import Interrupted, StopSignals
 
 log = logging.getLogger("nanogpt")
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the run can be resumed.
-
-    `hand_over`, when set, passes the signal on to the handler that was there before ours (submitit's, which
-    requeues the job and exits): call it once the run's status is recorded.
-    """
-
-    def __init__(self, signum: int, hand_over: Callable[[], None] | None = None):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-        self.hand_over = hand_over
 
 
 @dataclass
@@ -50,136 +39,210 @@ class Result:
     val_loss: float | None
 
 
+@dataclass
+class TrainState:
+    """Where the loop is: what a checkpoint saves besides the weights, optimizers and RNG states."""
+
+    iter: int = 0  # optimizer steps taken
+    best_val_loss: float = float("inf")
+    evaluated_at: int = -1  # the iter of the last evaluation, so a resumed run does not repeat it
+
+
+@dataclass
+class Trainer:
+    """Everything one run's loop works with, built once by `_setup`."""
+
+    cfg: RunConfig
+    run_dir: str
+    dist: distributed.Dist
+    prec: devices.Precision
+    raw_model: GPT  # the GPT itself: its parameters, its checkpoints
+    model: torch.nn.Module  # what a step calls: the GPT, wrapped for DDP/FSDP and compiled as asked
+    optimizers: list[torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    batches: Batches
+    info: dict[str, Any]  # the facts every checkpoint records (shape, tokenizer, vocabulary)
+    state: TrainState
+    metrics: MetricsLog | None  # rank 0 only
+
+    def save(self, as_latest: bool, as_best: bool) -> None:
+        """Checkpoint the run (a collective under DDP/FSDP: every rank calls it)."""
+        if distributed.is_sharded(self.raw_model):  # gathered whole on rank 0: the same files as without FSDP
+            weights, opt_states = distributed.full_state(self.raw_model, self.optimizers, self.dist)
+        else:
+            weights, opt_states = self.raw_model, [opt.state_dict() for opt in self.optimizers]
+        trainer_state = {
+            "optimizers": opt_states,
+            "scaler": self.scaler.state_dict(),
+            **dataclasses.asdict(self.state),
+            "rng": _gather_rng_state(self.dist, self.prec),
+        }
+        if self.dist.is_main:
+            self.info.update(iter=self.state.iter, best_val_loss=self.state.best_val_loss)
+            checkpoint.save(
+                self.run_dir,
+                weights,
+                trainer_state,
+                self.info,
+                as_latest=as_latest,
+                as_best=as_best,
+                keep_last=self.cfg.train.keep_last,
+            )
+        distributed.barrier(self.dist)
+
+
 def train(cfg: RunConfig, run_dir: str) -> Result:
     """Train (or evaluate) as `cfg` says, writing into `run_dir`; resumes if it holds a checkpoint."""
-    # ---- process: ranks, device, precision, one run dir for all ranks ----
     env = distributed.launch_env()
     prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
-    d = distributed.setup(prec.device_type)
-    run_dir = distributed.broadcast(os.path.abspath(run_dir), d)
-    lock = RunLock(run_dir) if d.is_main else None
+    dist = distributed.setup(prec.device_type)
+    run_dir = distributed.broadcast(os.path.abspath(run_dir), dist)
+    lock = RunLock(run_dir) if dist.is_main else None
     try:
-        return _train(cfg, run_dir, d, prec)
+        trainer = _setup(cfg, run_dir, dist, prec)
+        try:
+            return _train_loop(trainer)
+        except UserError as e:  # the run's record should say it failed
+            raise FailedDuringTraining(str(e)) from e
+        finally:
+            if trainer.metrics is not None:
+                trainer.metrics.close()
     finally:
         if lock is not None:
             lock.release()
-        distributed.teardown(d)
+        distributed.teardown(dist)
 
 
-def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Precision) -> Result:
-    t, o = cfg.train, cfg.optim
-    if t.grad_accum % d.world_size:
+# ---- setup: data, model, optimizers, resume ----
+
+
+def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, prec: devices.Precision) -> Trainer:
+    """Everything the loop needs, restored from the run's latest checkpoint when it has one."""
+    t = cfg.train
+    if t.grad_accum % dist.world_size:
         raise UserError(
-            f"train.grad_accum={t.grad_accum} must be a multiple of the number of processes ({d.world_size})"
+            f"train.grad_accum={t.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
-    accum = t.grad_accum // d.world_size  # micro-batches per step on this process
-
-    # ---- data: prepared by rank 0 if missing ----
-    data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
-    # Only a data set never prepared is built here: damaged token files are reported, never silently rebuilt.
-    if d.is_main and not os.path.exists(os.path.join(data_path, "meta.json")):
-        log.info("%s is not prepared yet: preparing it now", data_path)
-        prepare(cfg.data, cfg.paths.data_dir)
-    distributed.barrier(d)
-
-    # ---- model: resumed, pretrained or fresh ----
+    cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, t.max_iters, t.eval_only))
+    data_path = _prepared_data(cfg, dist)
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model, info = build_model(cfg, ckpt, data_path)
-    model.to(prec.device)
-    batches = Batches(
-        data_path, model.config.block_size, t.batch_size, t.grad_accum, cfg.seed, prec.device,
-        vocab_size=model.config.vocab_size,
-    )  # fmt: skip
-
+    raw_model, info = build_model(cfg, ckpt, data_path)
+    raw_model.to(prec.device)
+    block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
+    batches = Batches(data_path, block_size, t.batch_size, t.grad_accum, cfg.seed, prec.device, vocab_size=vocab_size)
     # DDP or FSDP on several processes; FSDP shards the weights in place, so the optimizer comes after.
-    wrapped = distributed.wrap(model, t.parallel, d, prec.device)
-    optimizers = optim.build(model, o, prec.device_type)
+    wrapped = distributed.wrap(raw_model, t.parallel, dist, prec.device)
+    optimizers = optim.build(raw_model, cfg.optim, prec.device_type)
     scaler = torch.amp.GradScaler(prec.device_type, enabled=prec.needs_grad_scaler())
-    it, best_val, evaluated_at = 0, float("inf"), -1
-    torch.manual_seed(cfg.seed + d.rank)  # dropout differs across ranks
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout differs across ranks
+    state = TrainState()
     if ckpt is not None:
-        state = checkpoint.load_state(ckpt)
-        optim.load_states(optimizers, state["optimizers"], model)
-        scaler.load_state_dict(state["scaler"])
-        it, best_val, evaluated_at = state["iter"], state["best_val_loss"], state["evaluated_at"]
-        _set_rng_state(state["rng"], d, prec)
-        log.info("resumed from %s at iter %d", ckpt, it)
+        state = _resume(ckpt, raw_model, optimizers, scaler, dist, prec)
+    model = torch.compile(wrapped) if cfg.device.compile else wrapped
+    metrics = _start_metrics(cfg, run_dir, raw_model, prec, resumed=ckpt is not None) if dist.is_main else None
+    return Trainer(cfg, run_dir, dist, prec, raw_model, model, optimizers, scaler, batches, info, state, metrics)
 
-    forward = torch.compile(wrapped) if cfg.device.compile else wrapped
 
-    metrics = None
-    if d.is_main:
-        metrics = MetricsLog(run_dir, cfg.logger, f"{cfg.name}/{os.path.basename(run_dir)}",
-                             dataclasses.asdict(cfg), resume=ckpt is not None)  # fmt: skip
-        log.info(
-            "model: %.2fM parameters, %s on %s; %d tokens per step (%d x %d x %d)",
-            model.num_params() / 1e6, str(prec.dtype).removeprefix("torch."), prec.device,
-            t.batch_size * t.grad_accum * model.config.block_size, t.grad_accum, t.batch_size,
-            model.config.block_size,
-        )  # fmt: skip
+def _prepared_data(cfg: RunConfig, dist: distributed.Dist) -> str:
+    """The data set's folder, prepared by rank 0 if it never was."""
+    from nanogpt.data.prepare import prepare
 
-    def save(as_latest: bool, as_best: bool) -> None:
-        if distributed.is_sharded(model):  # gathered whole on rank 0: the same checkpoint as without FSDP
-            weights, opt_states = distributed.full_state(model, optimizers, d)
-        else:
-            weights, opt_states = model, [opt.state_dict() for opt in optimizers]
-        state = {
-            "optimizers": opt_states,
-            "scaler": scaler.state_dict(),
-            "iter": it,
-            "best_val_loss": best_val,
-            "evaluated_at": evaluated_at,
-            "rng": _gather_rng_state(d, prec),
-        }
-        if d.is_main:
-            info.update(iter=it, best_val_loss=best_val)
-            checkpoint.save(run_dir, weights, state, info, as_latest=as_latest, as_best=as_best,
-                            keep_last=t.keep_last)  # fmt: skip
-        distributed.barrier(d)
+    data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
+    # Only a data set never prepared is built here: damaged token files are reported, never silently rebuilt.
+    if dist.is_main and not os.path.exists(os.path.join(data_path, "meta.json")):
+        log.info("%s is not prepared yet: preparing it now", data_path)
+        prepare(cfg.data, cfg.paths.data_dir)
+    distributed.barrier(dist)
+    return data_path
 
-    stop = _StopSignals()
-    tokens_per_step = t.batch_size * t.grad_accum * model.config.block_size
-    pending: list[torch.Tensor] = []  # step losses not yet read back from the device
+
+def _resume(
+    ckpt: str,
+    model: GPT,
+    optimizers: list[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    dist: distributed.Dist,
+    prec: devices.Precision,
+) -> TrainState:
+    """Restore the optimizers, the grad scaler and every rank's RNG state; the loop's state is returned."""
+    saved = checkpoint.load_state(ckpt)
+    optim.load_states(optimizers, saved["optimizers"], model)
+    scaler.load_state_dict(saved["scaler"])
+    _set_rng_state(saved["rng"], dist, prec)
+    log.info("resumed from %s at iter %d", ckpt, saved["iter"])
+    return TrainState(saved["iter"], saved["best_val_loss"], saved["evaluated_at"])
+
+
+def _start_metrics(cfg: RunConfig, run_dir: str, model: GPT, prec: devices.Precision, resumed: bool) -> MetricsLog:
+    t, block_size = cfg.train, model.config.block_size
+    metrics = MetricsLog(
+        run_dir, cfg.logger, f"{cfg.name}/{os.path.basename(run_dir)}", dataclasses.asdict(cfg), resume=resumed
+    )
+    log.info(
+        "model: %.2fM parameters, %s on %s; %d tokens per step (%d x %d x %d)",
+        model.num_params() / 1e6,
+        str(prec.dtype).removeprefix("torch."),
+        prec.device,
+        t.batch_size * t.grad_accum * block_size,
+        t.grad_accum,
+        t.batch_size,
+        block_size,
+    )
+    return metrics
+
+
+# ---- the loop ----
+
+
+def _train_loop(tr: Trainer) -> Result:
+    cfg, dist, prec, state = tr.cfg, tr.dist, tr.prec, tr.state
+    t, o = cfg.train, cfg.optim
+    model, raw_model, batches, optimizers, scaler = tr.model, tr.raw_model, tr.batches, tr.optimizers, tr.scaler
+    accum = t.grad_accum // dist.world_size  # micro-batches per step on this process
+    stop = StopSignals()
+    pending: list[tuple[int, torch.Tensor]] = []  # (iter, loss) of steps not yet read back from the device
     last_train_loss, val_loss = None, None
-    t_log, it_log = time.perf_counter(), it
+    speed = _Throughput(t.batch_size * t.grad_accum * raw_model.config.block_size, state.iter)
     try:
         while True:
-            factor = optim.lr_factor(it, o, t.max_iters)
-            optim.set_lr(optimizers, factor)
-            lr = o.lr * factor
+            lr_factor = optim.lr_factor(state.iter, o, t.max_iters)
+            optim.set_lr(optimizers, lr_factor)
 
             # ---- evaluate and checkpoint ----
-            if (it % t.eval_interval == 0 or it == t.max_iters or t.eval_only) and it != evaluated_at:
+            if (state.iter % t.eval_interval == 0 or state.iter == t.max_iters or t.eval_only) and (
+                state.iter != state.evaluated_at
+            ):
                 t_eval = time.perf_counter()
-                _read_losses(pending, it - len(pending), d)  # never checkpoint weights a NaN touched
-                losses = evaluate(forward, batches, t.eval_iters, prec, d)
-                evaluated_at, val_loss = it, losses["val"]
-                improved = losses["val"] < best_val
-                best_val = min(best_val, losses["val"])
-                if metrics is not None:
-                    log.info("iter %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
-                    metrics.write({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+                _read_losses(pending, dist)  # never checkpoint weights a NaN touched
+                losses = evaluate(model, batches, t.eval_iters, prec, dist)
+                state.evaluated_at, val_loss = state.iter, losses["val"]
+                improved = losses["val"] < state.best_val_loss
+                state.best_val_loss = min(state.best_val_loss, losses["val"])
+                if tr.metrics is not None:
+                    log.info("iter %d: train loss %.4f, val loss %.4f", state.iter, losses["train"], losses["val"])
+                    record = {"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"]}
+                    tr.metrics.write({**record, "lr": o.lr * lr_factor})
                 if t.eval_only:
                     break
-                if it > 0 and (improved or t.always_save_checkpoint):
-                    save(as_latest=True, as_best=improved)
-                t_log += time.perf_counter() - t_eval  # evaluation is not training time
-            if it >= t.max_iters:
+                if state.iter > 0 and (improved or t.always_save_checkpoint):
+                    tr.save(as_latest=True, as_best=improved)
+                speed.pause(time.perf_counter() - t_eval)  # evaluation is not training time
+            if state.iter >= t.max_iters:
                 break
 
             # ---- one optimizer step: accumulate gradients over micro-batches ----
             step_loss = torch.zeros((), device=prec.device)
             for micro in range(accum):
-                x, y = batches.train(it, d.rank * accum + micro)
+                x, y = batches.train(state.iter, dist.rank * accum + micro)
                 # Gradients are synchronised across processes on the last micro-batch only.
-                with distributed.gradient_sync(wrapped, micro == accum - 1), prec.autocast():
-                    _, loss = forward(x, y)
+                with distributed.gradient_sync(model, micro == accum - 1), prec.autocast():
+                    _, loss = model(x, y)
                     loss = loss / accum  # the step's gradient is the mean over its micro-batches
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
-            if t.skip_nonfinite and not math.isfinite(distributed.all_reduce_mean(step_loss.clone(), d).item()):
-                log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", it)
+            if t.skip_nonfinite and not math.isfinite(distributed.all_reduce_mean(step_loss.clone(), dist).item()):
+                log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", state.iter)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 step_loss.fill_(0.0)  # skipped steps do not stop the run at the next log
@@ -187,62 +250,83 @@ def _train(cfg: RunConfig, run_dir: str, d: distributed.Dist, prec: devices.Prec
                 if o.grad_clip > 0:
                     for opt in optimizers:
                         scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), o.grad_clip)
                 for opt in optimizers:
                     scaler.step(opt)
                     opt.zero_grad(set_to_none=True)
                 scaler.update()
-            pending.append(step_loss)
+            pending.append((state.iter, step_loss))
 
             # ---- log: the only place losses are read back from the device ----
-            if it % t.log_interval == 0 or it == t.max_iters - 1:
-                last_train_loss = _read_losses(pending, it + 1 - len(pending), d)[-1]
+            if state.iter % t.log_interval == 0 or state.iter == t.max_iters - 1:
+                last_train_loss = _read_losses(pending, dist)[-1]
                 pending = []
-                now = time.perf_counter()
-                tokens_per_s = tokens_per_step * (it + 1 - it_log) / max(now - t_log, 1e-9)
-                t_log, it_log = now, it + 1
-                if metrics is not None:
-                    record = {"iter": it, "loss": last_train_loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
-                    peak = prec.peak_flops()
-                    if peak is not None:
-                        record["mfu"] = round(model.flops_per_token() * tokens_per_s / peak, 4)
-                    log.info(
-                        "iter %d: loss %.4f, %.1f ms/iter, %s tokens/s%s", it, last_train_loss,
-                        1000 * tokens_per_step / tokens_per_s, f"{tokens_per_s:,.0f}",
-                        f", mfu {100 * record['mfu']:.1f}%" if "mfu" in record else "",
-                    )  # fmt: skip
-                    metrics.write(record)
-            it += 1
+                _log_step(tr, last_train_loss, o.lr * lr_factor, speed.tokens_per_s(state.iter + 1))
+            state.iter += 1
 
             # In DDP, agreeing on a stop costs a collective: do it at log steps only.
-            action = stop.requested(d, prec.device, at_log_step=(it - 1) % t.log_interval == 0)
+            action = stop.requested(dist, prec.device, at_log_step=(state.iter - 1) % t.log_interval == 0)
             if action:
-                _read_losses(pending, it - len(pending), d)
-                save(as_latest=True, as_best=False)
+                _read_losses(pending, dist)
+                tr.save(as_latest=True, as_best=False)
                 if action == "save":
-                    log.info("checkpoint saved at iter %d; going on until told to stop", it)
+                    log.info("checkpoint saved at iter %d; going on until told to stop", state.iter)
                     continue
-                log.info("stopped at iter %d: checkpoint saved; resume with python run.py resume=%s", it, run_dir)
+                log.info(
+                    "stopped at iter %d: checkpoint saved; resume with python run.py resume=%s", state.iter, tr.run_dir
+                )
                 raise Interrupted(stop.signum, stop.hand_over())
-    except UserError as e:
-        e.during_training = True  # type: ignore[attr-defined]  # the run's record should say it failed
-        raise
     finally:
         stop.restore()
-        if metrics is not None:
-            metrics.close()
-    return Result(run_dir, it, best_val, last_train_loss, val_loss)
+    return Result(tr.run_dir, state.iter, state.best_val_loss, last_train_loss, val_loss)
 
 
-def _read_losses(pending: list[torch.Tensor], first_iter: int, d: distributed.Dist) -> list[float]:
+class _Throughput:
+    """Tokens per second of training between two log steps, evaluation time left out."""
+
+    def __init__(self, tokens_per_step: int, first_iter: int):
+        self.tokens_per_step = tokens_per_step
+        self._since, self._iter = time.perf_counter(), first_iter
+
+    def pause(self, seconds: float) -> None:
+        self._since += seconds
+
+    def tokens_per_s(self, next_iter: int) -> float:
+        now = time.perf_counter()
+        rate = self.tokens_per_step * (next_iter - self._iter) / max(now - self._since, 1e-9)
+        self._since, self._iter = now, next_iter
+        return rate
+
+
+def _log_step(tr: Trainer, loss: float, lr: float, tokens_per_s: float) -> None:
+    if tr.metrics is None:
+        return
+    it = tr.state.iter
+    record = {"iter": it, "loss": loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+    peak = tr.prec.peak_flops()
+    if peak is not None:
+        record["mfu"] = round(tr.raw_model.flops_per_token() * tokens_per_s / peak, 4)
+    tokens_per_step = tr.cfg.train.batch_size * tr.cfg.train.grad_accum * tr.raw_model.config.block_size
+    log.info(
+        "iter %d: loss %.4f, %.1f ms/iter, %s tokens/s%s",
+        it,
+        loss,
+        1000 * tokens_per_step / tokens_per_s,
+        f"{tokens_per_s:,.0f}",
+        f", mfu {100 * record['mfu']:.1f}%" if "mfu" in record else "",
+    )
+    tr.metrics.write(record)
+
+
+def _read_losses(pending: list[tuple[int, torch.Tensor]], dist: distributed.Dist) -> list[float]:
     """The mean loss over all processes of each pending step; stops the run if one is NaN or inf."""
     if not pending:
         return []
-    values = distributed.all_reduce_mean(torch.stack(pending), d).tolist()
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
+    values = distributed.all_reduce_mean(torch.stack([loss for _, loss in pending]), dist).tolist()
+    for (it, _), value in zip(pending, values, strict=True):
+        if not math.isfinite(value):
             raise UserError(
-                f"the training loss is {v} at iter {first_iter + i}: the run diverged; lower optim.lr or raise "
+                f"the training loss is {value} at iter {it}: the run diverged; lower optim.lr or raise "
                 "optim.warmup_iters, and resume from the last checkpoint (it predates the divergence)"
             )
     return values
@@ -269,8 +353,6 @@ def evaluate(
 
 def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
     """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
-    from nanogpt.data.prepare import read_meta
-
     meta = read_meta(data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
@@ -292,8 +374,11 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
             )
         log.info(
             "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
-            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)", cfg.init_from, cfg.model.block_size, cfg.model.dropout,
-        )  # fmt: skip
+            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)",
+            cfg.init_from,
+            cfg.model.block_size,
+            cfg.model.dropout,
+        )
         model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
     info = {
         "model": dataclasses.asdict(model.config),
@@ -347,68 +432,3 @@ def _set_rng_state(states: list[dict[str, torch.Tensor]], d: distributed.Dist, p
     torch.set_rng_state(states[d.rank]["cpu"])
     if prec.device_type == "cuda" and "cuda" in states[d.rank]:
         torch.cuda.set_rng_state(states[d.rank]["cuda"], prec.device)
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit.
-
-    In a job sent by submitit (hydra/launcher=slurm or local), the preemption signal (USR2, as submitit asks
-    Slurm for before the time limit) also saves after the current step, then hands the signal to submitit's
-    handler, which requeues the job: it starts again in the same job dir and resumes from that checkpoint.
-    There SIGTERM only saves and training goes on, as submitit expects: Slurm sends SIGTERM just before USR2
-    when it preempts, and SIGKILL a few seconds after it when it cancels.
-    """
-
-    # Priorities of what was asked, agreed across ranks by an all-reduce MAX: requeue beats stop beats save.
-    _SAVE, _STOP, _PREEMPT = 1, 2, 3
-
-    def __init__(self):
-        self.signum = 0
-        self._asked = 0
-        self._under_submitit = "SUBMITIT_EXECUTOR" in os.environ
-        # The signal submitit uses for preemption and time limits (it reads the same variable).
-        self._preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-        self._previous: dict[int, Any] = {}
-        for s in (signal.SIGTERM, signal.SIGINT, self._preempt):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[s] = signal.signal(s, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if signum == self._preempt:
-            asked = self._PREEMPT
-            log.warning("%s received (preemption or time limit): saving a checkpoint after this step", name)
-        elif signum == signal.SIGTERM and self._under_submitit:
-            asked = self._SAVE
-            log.warning("SIGTERM received: saving a checkpoint after this step, then going on (submitit job)")
-        else:
-            if self._asked >= self._STOP:  # a second signal: the user insists
-                raise KeyboardInterrupt
-            asked = self._STOP
-            log.warning("%s received: stopping after this step and saving a checkpoint", name)
-        if asked >= self._asked:
-            self._asked, self.signum = asked, signum
-
-    def requested(self, d: distributed.Dist, device: torch.device, at_log_step: bool) -> str | None:
-        """What to do after this step: None (train on), "save" (a checkpoint, then train on) or "stop"."""
-        if d.enabled:
-            if not at_log_step:
-                return None
-            # Every rank must act at the same step, on the most urgent request any rank got.
-            flag = torch.tensor([float(self._asked * 100 + self.signum)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self._asked, self.signum = divmod(int(flag.item()), 100)
-        asked, self._asked = self._asked, (0 if self._asked == self._SAVE else self._asked)
-        return {0: None, self._SAVE: "save"}.get(asked, "stop")
-
-    def hand_over(self) -> Callable[[], None] | None:
-        """After a preemption signal: a call of the handler installed before ours, if it is Python code."""
-        previous = self._previous.get(self.signum)
-        if self.signum != self._preempt or not callable(previous):
-            return None
-        signum = self.signum
-        return lambda: previous(signum, None)
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)

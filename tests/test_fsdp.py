@@ -14,8 +14,15 @@ from tests.test_train import free_port, losses, train, weights
 
 def torchrun(cwd: Path, *args: str) -> Path:
     cwd.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           str(REPO / "run.py"), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        str(REPO / "run.py"),
+        *args,
+    ]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -31,8 +38,13 @@ def close(a: list[tuple], b: list[tuple]) -> bool:
 
 
 def test_fsdp_two_processes_equal_one_and_resume(tmp_path, char_data):
-    common = [*TINY, f"paths.data_dir={char_data}", "train.grad_accum=2", "train.eval_interval=3",
-              "optim.lr_decay_iters=6"]  # fmt: skip
+    common = [
+        *TINY,
+        f"paths.data_dir={char_data}",
+        "train.grad_accum=2",
+        "train.eval_interval=3",
+        "optim.lr_decay_iters=6",
+    ]
     one = train(tmp_path / "one", char_data, *common[len(TINY) :], "train.max_iters=6")
     fsdp = torchrun(tmp_path / "fsdp", *common, "train.parallel=fsdp", "train.max_iters=6")
     assert close(losses(one), losses(fsdp))

@@ -110,8 +110,14 @@ def test_prepare_owt_style_dataset_from_local_files(tmp_path, enc):
 def test_prepare_text_from_a_local_file(tmp_path, enc, shakespeare):
     text = shakespeare.read_text(encoding="utf-8")[:20_000]
     (tmp_path / "mine.txt").write_text(text, encoding="utf-8")
-    run_entry("prepare.py", "data=text", "data.name=mine", f"data.source={tmp_path / 'mine.txt'}",
-              f"paths.data_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    run_entry(
+        "prepare.py",
+        "data=text",
+        "data.name=mine",
+        f"data.source={tmp_path / 'mine.txt'}",
+        f"paths.data_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     meta = json.loads((tmp_path / "mine" / "meta.json").read_text())
     n = int(len(text) * 0.9)
     assert meta["train_tokens"] == len(enc.encode_ordinary(text[:n]))
@@ -123,9 +129,17 @@ def test_prepare_text_from_a_hf_dataset_with_the_char_tokenizer(tmp_path):
 
     docs = ["hello there", "general kenobi", "ab", "ba", "abc", "héllo"] * 4
     Dataset.from_dict({"body": docs}).save_to_disk(str(tmp_path / "saved"))
-    run_entry("prepare.py", "data=text", "data.name=chars", "data.tokenizer=char", "data.text_column=body",
-              f"data.dataset={tmp_path / 'saved'}", "data.val_fraction=0.25", f"paths.data_dir={tmp_path}",
-              cwd=tmp_path)  # fmt: skip
+    run_entry(
+        "prepare.py",
+        "data=text",
+        "data.name=chars",
+        "data.tokenizer=char",
+        "data.text_column=body",
+        f"data.dataset={tmp_path / 'saved'}",
+        "data.val_fraction=0.25",
+        f"paths.data_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     meta = json.loads((tmp_path / "chars" / "meta.json").read_text())
     chars = meta["tokenizer"]["chars"]
     assert chars == sorted(set("".join(docs)) | {"\n"}) and meta["vocab_size"] == len(chars)
@@ -140,8 +154,15 @@ def test_prepare_hf_dataset_mistakes_are_one_clear_line(tmp_path, monkeypatch):
     from nanogpt.data.hf import prepare_hf_dataset
     from nanogpt.errors import UserError
 
-    proc = run_entry("prepare.py", "data=owt", f"data.dataset={tmp_path / 'nothing-*.jsonl'}",
-                     f"paths.data_dir={tmp_path}", cwd=tmp_path, check=False, env=hf_env(tmp_path))  # fmt: skip
+    proc = run_entry(
+        "prepare.py",
+        "data=owt",
+        f"data.dataset={tmp_path / 'nothing-*.jsonl'}",
+        f"paths.data_dir={tmp_path}",
+        cwd=tmp_path,
+        check=False,
+        env=hf_env(tmp_path),
+    )
     assert proc.returncode == 2 and "matches no files" in proc.stderr and "Traceback" not in proc.stderr
 
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf-cache")  # read when loading
@@ -167,7 +188,8 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from nanogpt.config import RunConfig, register_configs, to_object
+    from nanogpt.cli import register_configs, to_object
+    from nanogpt.config import RunConfig
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -236,10 +258,24 @@ def test_hf_gpt2_loads_finetunes_exports_and_samples(tmp_path, bpe_data):
     assert (logits_of(ours, idx) - logits_of(hf, idx)).abs().max().item() < 1e-4
 
     # Finetune a few steps on Shakespeare, with the context cropped to 32.
-    run_entry("run.py", f"init_from={tmp_path / 'tiny-gpt2'}", "data=shakespeare", f"paths.data_dir={bpe_data}",
-              "device=cpu", "model.block_size=32", "model.dropout=0.0", "train.batch_size=2", "train.grad_accum=2",
-              "train.max_iters=4", "train.eval_interval=2", "train.eval_iters=2", "optim.lr=1e-3",
-              "optim.warmup_iters=0", "name=ft", cwd=tmp_path)  # fmt: skip
+    run_entry(
+        "run.py",
+        f"init_from={tmp_path / 'tiny-gpt2'}",
+        "data=shakespeare",
+        f"paths.data_dir={bpe_data}",
+        "device=cpu",
+        "model.block_size=32",
+        "model.dropout=0.0",
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.max_iters=4",
+        "train.eval_interval=2",
+        "train.eval_iters=2",
+        "optim.lr=1e-3",
+        "optim.warmup_iters=0",
+        "name=ft",
+        cwd=tmp_path,
+    )
     run = tmp_path / "outputs" / "ft" / "latest"
     tuned = ours_from_checkpoint(run)
     assert tuned.config.block_size == 32 and tuned.config.vocab_size == 50257
@@ -254,16 +290,32 @@ def test_hf_gpt2_loads_finetunes_exports_and_samples(tmp_path, bpe_data):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "exported")
     assert tokenizer("Hello world").input_ids == [15496, 995] and tokenizer.eos_token_id == EOT
 
-    proc = run_entry("sample.py", f"run={run}", "start=ROMEO:", "num_samples=2", "max_new_tokens=8",
-                     "device.device=cpu", cwd=tmp_path)  # fmt: skip
+    proc = run_entry(
+        "sample.py",
+        f"run={run}",
+        "start=ROMEO:",
+        "num_samples=2",
+        "max_new_tokens=8",
+        "device.device=cpu",
+        cwd=tmp_path,
+    )
     assert proc.stdout.count("ROMEO:") == 2
 
 
 def test_export_char_model_trims_padding_and_zero_fills_biases(tmp_path, char_data):
     from transformers import GPT2LMHeadModel
 
-    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "model.bias=false", "model.pad_vocab_multiple=64",
-              "train.max_iters=2", "train.eval_interval=2", "name=char", cwd=tmp_path)  # fmt: skip
+    run_entry(
+        "run.py",
+        *TINY,
+        f"paths.data_dir={char_data}",
+        "model.bias=false",
+        "model.pad_vocab_multiple=64",
+        "train.max_iters=2",
+        "train.eval_interval=2",
+        "name=char",
+        cwd=tmp_path,
+    )
     run = tmp_path / "outputs" / "char" / "latest"
     ours = ours_from_checkpoint(run, "latest")
     assert ours.config.vocab_size == 128 and not ours.config.bias  # 65 characters padded to 128
@@ -271,8 +323,12 @@ def test_export_char_model_trims_padding_and_zero_fills_biases(tmp_path, char_da
     proc = run_entry("export.py", f"run={run}", "checkpoint=latest", cwd=tmp_path)
     out = run / "huggingface"
     assert "character-level model" in proc.stdout + proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["char_vocab.json", "config.json", "generation_config.json",
-                                                      "model.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "char_vocab.json",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     assert len(json.loads((out / "char_vocab.json").read_text())) == 65
     back = GPT2LMHeadModel.from_pretrained(out).eval()
     assert back.config.vocab_size == 65
@@ -320,8 +376,11 @@ def test_export_untied_model_and_refuse_options_gpt2_lacks(tmp_path):
     idx = torch.randint(0, 64, (2, 16))
     assert (logits_of(back, idx) - logits_of(ours, idx)).abs().max().item() < 1e-5
 
-    for option, expect in ((dict(rotary=True), "rotary=true"), (dict(qk_norm=True), "qk_norm=true"),
-                           (dict(activation="relu2"), "activation=relu2")):  # fmt: skip
+    for option, expect in (
+        (dict(rotary=True), "rotary=true"),
+        (dict(qk_norm=True), "qk_norm=true"),
+        (dict(activation="relu2"), "activation=relu2"),
+    ):
         with pytest.raises(UserError, match=f"model.{expect}, which Hugging Face's GPT-2 has no equivalent"):
             to_huggingface(GPT(ModelConfig(**shape, **option)), 64, str(tmp_path / "x"), {"kind": "char"})
     assert not (tmp_path / "x").exists()

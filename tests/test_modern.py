@@ -196,8 +196,15 @@ def test_bad_options_are_one_line_errors(change, message):
 
 
 def test_bad_option_through_run_py(tmp_path, char_data):
-    proc = run_entry("run.py", "model=tiny", "device=cpu", f"paths.data_dir={char_data}", "model.activation=tanh",
-                     cwd=tmp_path, check=False)  # fmt: skip
+    proc = run_entry(
+        "run.py",
+        "model=tiny",
+        "device=cpu",
+        f"paths.data_dir={char_data}",
+        "model.activation=tanh",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: model.activation='tanh': use gelu or relu2"]
 
@@ -215,14 +222,27 @@ def test_each_option_trains(tmp_path, char_data, option):
     saved = json.loads((run / "checkpoints" / "latest" / "info.json").read_text())["model"]
     assert all(saved[name] == value for name, value in OPTIONS[option].items())
     if option == "all":  # the checkpoint rebuilds the same model for sampling
-        out = run_entry("sample.py", f"run={run}", "start=ROMEO:", "num_samples=1", "max_new_tokens=40",
-                        "temperature=0", cwd=tmp_path).stdout  # fmt: skip
+        out = run_entry(
+            "sample.py",
+            f"run={run}",
+            "start=ROMEO:",
+            "num_samples=1",
+            "max_new_tokens=40",
+            "temperature=0",
+            cwd=tmp_path,
+        ).stdout
         assert out.startswith("ROMEO:") and len(out.split("---------------")[0].strip()) >= 40
 
 
 def test_resume_is_bit_exact_with_muon(tmp_path, char_data):
-    common = ["optim=muon", "optim.warmup_iters=2", "train.eval_interval=8", "optim.lr_decay_iters=24",
-              "model.dropout=0.1", *FLAGS["all"]]  # fmt: skip
+    common = [
+        "optim=muon",
+        "optim.warmup_iters=2",
+        "train.eval_interval=8",
+        "optim.lr_decay_iters=24",
+        "model.dropout=0.1",
+        *FLAGS["all"],
+    ]
     first = assert_resume_is_exact(tmp_path, char_data, 8, 24, *common)
     before = weights(first)
     proc = run_entry("run.py", f"resume={first}", "optim.name=adamw", "train.max_iters=30", cwd=tmp_path, check=False)
@@ -241,7 +261,7 @@ def compose(experiment: str) -> RunConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from nanogpt.config import register_configs, to_object
+    from nanogpt.cli import register_configs, to_object
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -19,8 +19,12 @@ HEAVY = ("transformers", "datasets", "wandb", "tiktoken")
 def imported(script: str, *args: str, cwd) -> set[str]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", str(REPO / script), *args],
-        cwd=cwd, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 

@@ -41,8 +41,13 @@ def snapshot(path: Path) -> dict[str, bytes]:
 def popen_run(cwd: Path, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "run.py"), *TINY, *args],
-        cwd=cwd, env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
-    )  # fmt: skip
+        cwd=cwd,
+        env={**os.environ, **OFFLINE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,16 @@ def test_pretrained_model_limits(tmp_path, char_data, shakespeare):
     proc = run_entry("run.py", *pretrained, f"paths.data_dir={char_data}", cwd=tmp_path, check=False)
     one_line_error(proc, "GPT-2's BPE", "'char'")
     # A block longer than the model's context.
-    proc = run_entry("run.py", *pretrained, f"paths.data_dir={tmp_path / 'data'}", "data=shakespeare",
-                     f"data.source={shakespeare}", "model.block_size=64", cwd=tmp_path, check=False)  # fmt: skip
+    proc = run_entry(
+        "run.py",
+        *pretrained,
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data=shakespeare",
+        f"data.source={shakespeare}",
+        "model.block_size=64",
+        cwd=tmp_path,
+        check=False,
+    )
     one_line_error(proc, "model.block_size=64", "32")
 
 
@@ -118,8 +131,9 @@ def test_bad_source_is_one_line_and_writes_nothing(tmp_path, kind):
     elif kind == "binary_dir":
         src.mkdir()
         (src / "a.bin").write_bytes(bytes(range(256)))
-    proc = run_entry("prepare.py", f"data.source={src}", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path,
-                     check=False)  # fmt: skip
+    proc = run_entry(
+        "prepare.py", f"data.source={src}", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path, check=False
+    )
     one_line_error(proc, "src.txt")
     assert not (tmp_path / "data" / "shakespeare_char" / "meta.json").exists()
     assert not list((tmp_path / "data").rglob("*.bin")) if (tmp_path / "data").exists() else True
@@ -152,8 +166,14 @@ def test_damaged_token_files_are_one_line(tmp_path, char_data, damage):
 
 def test_data_shorter_than_one_block(tmp_path):
     (tmp_path / "short.txt").write_text("to be or not to be, that is the question\n" * 3)
-    proc = run_entry("run.py", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"data.source={tmp_path / 'short.txt'}",
-                     cwd=tmp_path, check=False)  # fmt: skip
+    proc = run_entry(
+        "run.py",
+        *TINY,
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"data.source={tmp_path / 'short.txt'}",
+        cwd=tmp_path,
+        check=False,
+    )
     one_line_error(proc, "val split", "model.block_size=32")
 
 
@@ -216,10 +236,16 @@ def test_pickle_with_code_is_refused_and_never_run(tmp_path, run_copy):
 
 def test_live_run_dir_is_locked_and_stale_lock_taken_over(tmp_path, run_copy):
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from nanogpt.runlock import RunLock; RunLock({str(run_copy)!r}); "
-         "print('held', flush=True); import time; time.sleep(120)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from nanogpt.runlock import RunLock; RunLock({str(run_copy)!r}); "
+            "print('held', flush=True); import time; time.sleep(120)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         proc = run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path, check=False)
@@ -254,8 +280,18 @@ def test_bad_sampling_input_is_one_line(tmp_path, trained, args, named):
 
 
 def test_greedy_sampling_with_temperature_zero(tmp_path, trained):
-    outs = [run_entry("sample.py", f"run={trained}", "temperature=0", "max_new_tokens=20", "num_samples=2",
-                      f"seed={s}", cwd=tmp_path).stdout for s in (1, 2)]  # fmt: skip
+    outs = [
+        run_entry(
+            "sample.py",
+            f"run={trained}",
+            "temperature=0",
+            "max_new_tokens=20",
+            "num_samples=2",
+            f"seed={s}",
+            cwd=tmp_path,
+        ).stdout
+        for s in (1, 2)
+    ]
     assert outs[0] == outs[1]
 
 
@@ -274,8 +310,14 @@ def test_wandb_without_key_or_network_goes_offline(tmp_path, char_data):
         "logger=wandb",
         "train.max_iters=3",
     ]
-    proc = subprocess.run(["script", "-qec", " ".join(cmd), "/dev/null"] if shutil.which("script") else cmd,
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        ["script", "-qec", " ".join(cmd), "/dev/null"] if shutil.which("script") else cmd,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "logging offline" in proc.stdout + proc.stderr
     [run] = run_dirs(tmp_path)
@@ -301,9 +343,14 @@ def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
             proc = popen_run(tmp_path / "stopped", *args)
         else:
             [run] = run_dirs(tmp_path / "stopped")
-            proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), f"resume={run}"], cwd=tmp_path / "stopped",
-                                    env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, str(REPO / "run.py"), f"resume={run}"],
+                cwd=tmp_path / "stopped",
+                env={**os.environ, **OFFLINE_ENV},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         wait_for_progress(tmp_path / "stopped", beyond=0 if sig == signal.SIGINT else last_iter(tmp_path / "stopped"))
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
@@ -348,9 +395,13 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
     def start() -> subprocess.Popen:
         runs = run_dirs(work) if (work / "outputs").exists() else []
         if runs and (runs[-1] / "checkpoints" / "latest").exists():
-            return subprocess.Popen([sys.executable, str(REPO / "run.py"), f"resume={runs[-1]}"], cwd=work,
-                                    env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
+            return subprocess.Popen(
+                [sys.executable, str(REPO / "run.py"), f"resume={runs[-1]}"],
+                cwd=work,
+                env={**os.environ, **OFFLINE_ENV},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         shutil.rmtree(work / "outputs", ignore_errors=True)  # killed before its first checkpoint: start over
         return popen_run(work, f"paths.data_dir={char_data}", *args)
 
@@ -413,9 +464,15 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG rather than kill the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
 
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), f"resume={run_copy}", "train.max_iters=12"],
-                          cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
-                          preexec_fn=limit_file_size, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), f"resume={run_copy}", "train.max_iters=12"],
+        cwd=tmp_path,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
     one_line_error(proc, "could not write a checkpoint", "previous checkpoint is intact")
     after = {k: v for k, v in snapshot(run_copy / "checkpoints").items() if ".tmp-" not in k}
     assert after == before
@@ -424,14 +481,22 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, char_data):
     run = straight_run(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
     before = snapshot(run / "checkpoints")
-    proc = run_entry("run.py", f"resume={run}", "train.max_iters=20", "optim.lr=1e12", "optim.grad_clip=0",
-                     cwd=tmp_path, check=False)  # fmt: skip
+    proc = run_entry(
+        "run.py", f"resume={run}", "train.max_iters=20", "optim.lr=1e12", "optim.grad_clip=0", cwd=tmp_path, check=False
+    )
     line = one_line_error(proc, "loss is nan at iter")
     assert int(line.split("at iter ")[1].split(":")[0]) >= 4
     assert snapshot(run / "checkpoints") == before
     # Opting in to skipping: the run goes on past the bad steps and finishes.
-    proc = run_entry("run.py", f"resume={run}", "train.max_iters=8", "optim.lr=1e12", "optim.grad_clip=0",
-                     "train.skip_nonfinite=true", cwd=tmp_path)  # fmt: skip
+    proc = run_entry(
+        "run.py",
+        f"resume={run}",
+        "train.max_iters=8",
+        "optim.lr=1e12",
+        "optim.grad_clip=0",
+        "train.skip_nonfinite=true",
+        cwd=tmp_path,
+    )
     assert "skipping this step" in proc.stderr + proc.stdout
 
 
@@ -444,14 +509,29 @@ def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
     port = free_port()
     procs = []
     for node, data in ((0, char_data), (1, bad)):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-               f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", str(REPO / "run.py"),
-               *TINY, f"paths.data_dir={data}", "train.max_iters=200", "train.grad_accum=2",
-               "data.source=/nonexistent"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            f"--node-rank={node}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            str(REPO / "run.py"),
+            *TINY,
+            f"paths.data_dir={data}",
+            "train.max_iters=200",
+            "train.grad_accum=2",
+            "data.source=/nonexistent",
+        ]
         (tmp_path / f"node{node}").mkdir()
         env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "NANOGPT_DIST_TIMEOUT": "60"}
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     started = time.time()
     codes = [p.wait(timeout=240) for p in procs]
     assert all(c != 0 for c in codes), codes

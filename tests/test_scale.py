@@ -19,8 +19,12 @@ from safetensors.torch import load_file
 from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs
 
 # One thread per process: two cores shared by several processes otherwise spin against each other.
-ENV = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-    p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+ENV = {
+    **os.environ,
+    **OFFLINE_ENV,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+}
 
 # A run long enough to be interrupted mid-way (about 5 ms a step on a free core), short enough for a test.
 LONG_ITERS = 800
@@ -153,7 +157,7 @@ def test_two_torchrun_nodes_equal_one_process(tmp_path, char_data):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for r in (0, 1)
     ]
     for r, node in enumerate(nodes):
@@ -171,15 +175,25 @@ def test_two_torchrun_nodes_equal_one_process(tmp_path, char_data):
 
 
 def test_basic_sweep_runs_every_combination_and_reports(tmp_path, char_data):
-    run_py("-m", *TINY, f"paths.data_dir={char_data}", "train.max_iters=4", "train.eval_interval=2",
-           "optim.lr=1e-3,3e-3", "model.n_layer=1,2", cwd=tmp_path)  # fmt: skip
+    run_py(
+        "-m",
+        *TINY,
+        f"paths.data_dir={char_data}",
+        "train.max_iters=4",
+        "train.eval_interval=2",
+        "optim.lr=1e-3,3e-3",
+        "model.n_layer=1,2",
+        cwd=tmp_path,
+    )
     sweep = the_sweep(tmp_path)
     jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     assert [j.name for j in jobs] == ["0", "1", "2", "3"]
     for job in jobs:
         assert_complete_job(job)
-    combos = {tuple(o for o in (j / ".hydra" / "overrides.yaml").read_text().split() if "lr=" in o or "n_layer" in o)
-              for j in jobs}  # fmt: skip
+    combos = {
+        tuple(o for o in (j / ".hydra" / "overrides.yaml").read_text().split() if "lr=" in o or "n_layer" in o)
+        for j in jobs
+    }
     assert combos == {(f"optim.lr={lr}", f"model.n_layer={n}") for lr in ("0.001", "0.003") for n in (1, 2)}
 
     # The Hydra callback wrote the report when the sweep ended.
@@ -219,8 +233,14 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, char_data):
 
 
 def test_sweep_report_of_a_dir_without_jobs_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nanogpt.sweep", str(tmp_path)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanogpt.sweep", str(tmp_path)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: {tmp_path} holds no job dirs (0/, 1/, ...): pass a sweep dir, multirun/<date>/<time>"
     )
@@ -230,8 +250,15 @@ def test_sweep_report_of_a_dir_without_jobs_is_one_line_error(tmp_path):
 
 
 def test_submitit_local_sweep(tmp_path, char_data):
-    run_py("-m", "hydra/launcher=local", *TINY, f"paths.data_dir={char_data}", "train.max_iters=4",
-           "optim.lr=1e-3,3e-3", cwd=tmp_path)  # fmt: skip
+    run_py(
+        "-m",
+        "hydra/launcher=local",
+        *TINY,
+        f"paths.data_dir={char_data}",
+        "train.max_iters=4",
+        "optim.lr=1e-3,3e-3",
+        cwd=tmp_path,
+    )
     sweep = the_sweep(tmp_path)
     for job in ("0", "1"):
         assert_complete_job(sweep / job)
@@ -242,10 +269,22 @@ def test_submitit_local_sweep(tmp_path, char_data):
 def test_submitit_local_preempted_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, char_data):
     # Two identical jobs (`name` changes nothing in training): job 0 is preempted, job 1 is the reference.
     launcher = subprocess.Popen(
-        [sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=local", *TINY, f"paths.data_dir={char_data}",
-         *LONG, "name=preempted,reference"],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            "-m",
+            "hydra/launcher=local",
+            *TINY,
+            f"paths.data_dir={char_data}",
+            *LONG,
+            "name=preempted,reference",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         job = wait_for("job 0 to train", lambda: job_training(tmp_path, "0", 20), proc=launcher)
         # What submitit's LocalJob._interrupt() does: the preemption signal to the job's process (its pid is in

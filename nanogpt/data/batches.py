@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from nanogpt.data.prepare import SPLITS, read_meta
+from nanogpt.data.tokens import SPLITS, read_meta
 from nanogpt.errors import UserError
 
 _TRAIN, _EVAL = 0, 1  # streams of the seed sequence, so train and eval draws never overlap

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
-from nanogpt.data.prepare import SPLITS, finish_dataset, token_dtype
+from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
 from nanogpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,9 +43,16 @@ SPLIT_SEED = 2357  # nanoGPT's seed for the train/val split of OpenWebText
 DOC_SEPARATOR = "\n"  # between documents with the character tokenizer
 # `datasets` builders for local files, by extension (compressed files keep the builder of their inner one).
 _BUILDERS = {
-    ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
-    ".arrow": "arrow", ".txt": "text", ".text": "text", ".md": "text",
-}  # fmt: skip
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 _RANGES_IN_FLIGHT = 2  # tasks queued per worker: enough to keep them busy, few enough to bound memory
 _ROWS_PER_READ = 8  # documents read from the memory-mapped files between two releases of their pages
@@ -216,10 +223,12 @@ def split_documents(docs: Dataset, val_fraction: float, spec: str, work_dir: str
             "of them and keep some for training; give more documents or lower data.val_fraction"
         )
     parts = docs.train_test_split(
-        test_size=val_fraction, seed=SPLIT_SEED, shuffle=True,
+        test_size=val_fraction,
+        seed=SPLIT_SEED,
+        shuffle=True,
         train_indices_cache_file_name=os.path.join(work_dir, "train-indices.arrow"),
         test_indices_cache_file_name=os.path.join(work_dir, "val-indices.arrow"),
-    )  # fmt: skip
+    )
     return {"train": parts["train"], "val": parts["test"]}
 
 

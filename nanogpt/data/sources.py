@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from nanogpt.errors import UserError
+from nanogpt.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,7 @@ def _download(url: str, cache_dir: str) -> str:
         with urllib.request.urlopen(url, timeout=30) as r:
             body = r.read()
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(body)
-        os.replace(tmp, path)
+        atomic_write(path, body)
     return _decode(path)
 
 

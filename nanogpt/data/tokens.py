@@ -1,0 +1,86 @@
+"""The token-file format: what a prepared data set is on disk.
+
+    <data_dir>/<data.name>/
+        train.bin  val.bin   the token ids of each split, uint16 (uint32 when the vocabulary needs it)
+        meta.json            tokenizer, vocab_size, dtype, token counts per split, source and its sha256
+
+meta.json is written last and names the token counts, so a data set is complete exactly when meta.json
+exists and the .bin files have the sizes it states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from nanogpt.config import DataConfig
+from nanogpt.errors import UserError
+from nanogpt.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def dataset_dir(data: DataConfig, data_dir: str) -> str:
+    return os.path.join(data_dir, data.name)
+
+
+def read_meta(path: str) -> dict:
+    """A prepared data set's meta.json, checked against its token files."""
+    meta_path = os.path.join(path, "meta.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} is not prepared (no meta.json): run python prepare.py data=...") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_path} is corrupt ({e}): prepare the data set again with force=true") from None
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        bin_path = os.path.join(path, f"{split}.bin")
+        want = meta[f"{split}_tokens"] * itemsize
+        have = os.path.getsize(bin_path) if os.path.exists(bin_path) else -1
+        if have != want:
+            raise UserError(
+                f"{bin_path} has {have} bytes but meta.json says {want} ({meta[f'{split}_tokens']} tokens): "
+                "the token files are truncated or stale; prepare the data set again with force=true"
+            )
+    return meta
+
+
+def is_prepared(path: str) -> bool:
+    try:
+        read_meta(path)
+        return True
+    except UserError:
+        return False
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def write_dataset(out: str, ids: dict[str, list[int]], meta: dict) -> None:
+    """Write the token files of a data set small enough to hold in memory."""
+    for split in SPLITS:
+        if not ids[split]:
+            raise UserError(
+                f"the {split} split is empty: the source text is too short for data.val_fraction; give more text"
+            )
+    dtype = token_dtype(meta["vocab_size"])
+    os.makedirs(out, exist_ok=True)
+    for split in SPLITS:
+        arr = np.asarray(ids[split], dtype=dtype)
+        atomic_write(os.path.join(out, f"{split}.bin"), arr.tobytes())
+        log.info("%s: %s tokens", split, f"{len(arr):,}")
+    finish_dataset(out, {**meta, "dtype": dtype.name, **{f"{s}_tokens": len(ids[s]) for s in SPLITS}})
+
+
+def finish_dataset(out: str, meta: dict) -> None:
+    """Write meta.json, which marks the data set complete."""
+    atomic_write(os.path.join(out, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
+    log.info("wrote %s (vocab %d)", out, meta["vocab_size"])
