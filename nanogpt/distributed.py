@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("nanogpt")
 
 # A checkpoint's optimizer states are one state dict per optimizer, or, gathered from FSDP shards (which hold
 # every optimizer's state together, keyed by parameter name), one entry under this key.
@@ -178,3 +181,25 @@ def load_sharded_optimizer_state(
 
     whole = StateDictOptions(full_state_dict=True)
     set_optimizer_state_dict(model, optimizers, states[0][GATHERED_OPTIM_KEY], options=whole)
+
+
+def gather_rng_states(d: Dist, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state (dropout), so a resumed run draws the same random numbers (a collective)."""
+    mine = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if not d.enabled:
+        return [mine]
+    states: list[Any] = [None] * d.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def set_rng_state(states: list[dict[str, torch.Tensor]], d: Dist, device: torch.device) -> None:
+    """Restore this rank's RNG state as `gather_rng_states` saved it."""
+    if len(states) != d.world_size:
+        log.warning("resuming on %d processes, saved with %d: dropout draws will differ", d.world_size, len(states))
+        return
+    torch.set_rng_state(states[d.rank]["cpu"])
+    if device.type == "cuda" and "cuda" in states[d.rank]:
+        torch.cuda.set_rng_state(states[d.rank]["cuda"], device)

@@ -1,17 +1,23 @@
-"""A trained run's model, loaded back: what sampling, export and evaluation start from."""
+"""A run's model: built for training (from scratch, from OpenAI's GPT-2, or from the run's checkpoint), and loaded
+back from a finished run for sampling, export and evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from nanogpt import checkpoint
 from nanogpt import tokenizer as tok
-from nanogpt.config import ModelConfig
+from nanogpt.config import ModelConfig, RunConfig
+from nanogpt.data.tokens import read_meta
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+
+log = logging.getLogger("nanogpt")
 
 
 @dataclass
@@ -44,3 +50,65 @@ def load_run(run_dir: str, which: str = "best") -> LoadedRun:
     model = GPT(ModelConfig(**info["model"]))
     checkpoint.load_weights(model, ckpt)
     return LoadedRun(model, info["data_vocab_size"], ckpt, info)
+
+
+def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
+    meta = read_meta(data_path)
+    if ckpt is not None:
+        info = checkpoint.load_info(ckpt)
+        saved = ModelConfig(**info["model"])
+        _check_same_model(cfg, saved, info, meta, ckpt)
+        model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
+        checkpoint.load_weights(model, ckpt)
+        return model, info
+    if cfg.init_from == "scratch":
+        vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
+        model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
+    else:
+        from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
+
+        if meta["tokenizer"].get("kind") != "gpt2":
+            raise UserError(
+                f"init_from={cfg.init_from} needs data in GPT-2's BPE, but {cfg.data.name!r} is tokenized with "
+                f"{meta['tokenizer'].get('kind')!r}: use data=shakespeare, or data.tokenizer=gpt2 for your text"
+            )
+        log.info(
+            "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
+            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)",
+            cfg.init_from,
+            cfg.model.block_size,
+            cfg.model.dropout,
+        )
+        model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+    info = {
+        "model": dataclasses.asdict(model.config),
+        "tokenizer": meta["tokenizer"],
+        "data_vocab_size": meta["vocab_size"],
+        "init_from": cfg.init_from,
+    }
+    return model, info
+
+
+def _check_same_model(cfg: RunConfig, saved: ModelConfig, info: dict, meta: dict, ckpt: str) -> None:
+    """A checkpoint only resumes under the model shape and tokenizer it was trained with."""
+    if info["tokenizer"] != meta["tokenizer"]:
+        raise UserError(
+            f"the data set {cfg.data.name!r} is tokenized differently from checkpoint {ckpt}: "
+            "resume with the data the run was trained on"
+        )
+    if cfg.init_from != "scratch":
+        return  # the shape came from the pretrained model, not from cfg.model
+    asked = dataclasses.asdict(cfg.model)
+    for key, value in dataclasses.asdict(saved).items():
+        if key in ("dropout", "pad_vocab_multiple") or (key == "vocab_size" and asked[key] is None):
+            continue
+        if asked[key] != value:
+            raise UserError(
+                f"model.{key}={asked[key]} but checkpoint {ckpt} was trained with model.{key}={value}: "
+                "resume with the model config the run was trained with"
+            )
+
+
+def _pad(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

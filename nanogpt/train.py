@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, distributed, optim
+from nanogpt import checkpoint, distributed, optim, runs
 from nanogpt import device as devices
-from nanogpt.config import ModelConfig, RunConfig
+from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
-from nanogpt.data.tokens import SPLITS, dataset_dir, read_meta
+from nanogpt.data.tokens import SPLITS, dataset_dir
 from nanogpt.errors import FailedDuringTraining, UserError
 from nanogpt.metrics import MetricsLog
 from nanogpt.model import GPT
@@ -55,7 +55,7 @@ class Trainer:
     cfg: RunConfig
     run_dir: str
     dist: distributed.Dist
-    prec: devices.Precision
+    precision: devices.Precision
     raw_model: GPT  # the GPT itself: its parameters, its checkpoints
     model: torch.nn.Module  # what a step calls: the GPT, wrapped for DDP/FSDP and compiled as asked
     optimizers: list[torch.optim.Optimizer]
@@ -75,7 +75,7 @@ class Trainer:
             "optimizers": opt_states,
             "scaler": self.scaler.state_dict(),
             **dataclasses.asdict(self.state),
-            "rng": _gather_rng_state(self.dist, self.prec),
+            "rng": distributed.gather_rng_states(self.dist, self.precision.device),
         }
         if self.dist.is_main:
             self.info.update(iter=self.state.iter, best_val_loss=self.state.best_val_loss)
@@ -94,12 +94,12 @@ class Trainer:
 def train(cfg: RunConfig, run_dir: str) -> Result:
     """Train (or evaluate) as `cfg` says, writing into `run_dir`; resumes if it holds a checkpoint."""
     env = distributed.launch_env()
-    prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
-    dist = distributed.setup(prec.device_type)
+    precision = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
+    dist = distributed.setup(precision.device_type)
     run_dir = distributed.broadcast(os.path.abspath(run_dir), dist)
     lock = RunLock(run_dir) if dist.is_main else None
     try:
-        trainer = _setup(cfg, run_dir, dist, prec)
+        trainer = _setup(cfg, run_dir, dist, precision)
         try:
             return _train_loop(trainer)
         except UserError as e:  # the run's record should say it failed
@@ -116,32 +116,40 @@ def train(cfg: RunConfig, run_dir: str) -> Result:
 # ---- setup: data, model, optimizers, resume ----
 
 
-def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, prec: devices.Precision) -> Trainer:
+def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devices.Precision) -> Trainer:
     """Everything the loop needs, restored from the run's latest checkpoint when it has one."""
-    t = cfg.train
-    if t.grad_accum % dist.world_size:
+    train_cfg = cfg.train
+    if train_cfg.grad_accum % dist.world_size:
         raise UserError(
-            f"train.grad_accum={t.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
+            f"train.grad_accum={train_cfg.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
-    cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, t.max_iters, t.eval_only))
+    cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, train_cfg.max_iters, train_cfg.eval_only))
     data_path = _prepared_data(cfg, dist)
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    raw_model, info = build_model(cfg, ckpt, data_path)
-    raw_model.to(prec.device)
+    raw_model, info = runs.build_model(cfg, ckpt, data_path)
+    raw_model.to(precision.device)
     block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
-    batches = Batches(data_path, block_size, t.batch_size, t.grad_accum, cfg.seed, prec.device, vocab_size=vocab_size)
+    batches = Batches(
+        data_path,
+        block_size,
+        train_cfg.batch_size,
+        train_cfg.grad_accum,
+        cfg.seed,
+        precision.device,
+        vocab_size=vocab_size,
+    )
     # DDP or FSDP on several processes; FSDP shards the weights in place, so the optimizer comes after.
-    wrapped = distributed.wrap(raw_model, t.parallel, dist, prec.device)
-    optimizers = optim.build(raw_model, cfg.optim, prec.device_type)
-    scaler = torch.amp.GradScaler(prec.device_type, enabled=prec.needs_grad_scaler())
+    wrapped = distributed.wrap(raw_model, train_cfg.parallel, dist, precision.device)
+    optimizers = optim.build(raw_model, cfg.optim, precision.device_type)
+    scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.needs_grad_scaler())
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs across ranks
     state = TrainState()
     if ckpt is not None:
-        state = _resume(ckpt, raw_model, optimizers, scaler, dist, prec)
+        state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
     model = torch.compile(wrapped) if cfg.device.compile else wrapped
-    metrics = _start_metrics(cfg, run_dir, raw_model, prec, resumed=ckpt is not None) if dist.is_main else None
-    return Trainer(cfg, run_dir, dist, prec, raw_model, model, optimizers, scaler, batches, info, state, metrics)
+    metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None
+    return Trainer(cfg, run_dir, dist, precision, raw_model, model, optimizers, scaler, batches, info, state, metrics)
 
 
 def _prepared_data(cfg: RunConfig, dist: distributed.Dist) -> str:
@@ -163,30 +171,30 @@ def _resume(
     optimizers: list[torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
     dist: distributed.Dist,
-    prec: devices.Precision,
+    precision: devices.Precision,
 ) -> TrainState:
     """Restore the optimizers, the grad scaler and every rank's RNG state; the loop's state is returned."""
     saved = checkpoint.load_state(ckpt)
     optim.load_states(optimizers, saved["optimizers"], model)
     scaler.load_state_dict(saved["scaler"])
-    _set_rng_state(saved["rng"], dist, prec)
+    distributed.set_rng_state(saved["rng"], dist, precision.device)
     log.info("resumed from %s at iter %d", ckpt, saved["iter"])
     return TrainState(saved["iter"], saved["best_val_loss"], saved["evaluated_at"])
 
 
-def _start_metrics(cfg: RunConfig, run_dir: str, model: GPT, prec: devices.Precision, resumed: bool) -> MetricsLog:
-    t, block_size = cfg.train, model.config.block_size
+def _start_metrics(cfg: RunConfig, run_dir: str, model: GPT, precision: devices.Precision, resumed: bool) -> MetricsLog:
+    train_cfg, block_size = cfg.train, model.config.block_size
     metrics = MetricsLog(
         run_dir, cfg.logger, f"{cfg.name}/{os.path.basename(run_dir)}", dataclasses.asdict(cfg), resume=resumed
     )
     log.info(
         "model: %.2fM parameters, %s on %s; %d tokens per step (%d x %d x %d)",
         model.num_params() / 1e6,
-        str(prec.dtype).removeprefix("torch."),
-        prec.device,
-        t.batch_size * t.grad_accum * block_size,
-        t.grad_accum,
-        t.batch_size,
+        str(precision.dtype).removeprefix("torch."),
+        precision.device,
+        train_cfg.batch_size * train_cfg.grad_accum * block_size,
+        train_cfg.grad_accum,
+        train_cfg.batch_size,
         block_size,
     )
     return metrics
@@ -196,61 +204,53 @@ def _start_metrics(cfg: RunConfig, run_dir: str, model: GPT, prec: devices.Preci
 
 
 def _train_loop(tr: Trainer) -> Result:
-    cfg, dist, prec, state = tr.cfg, tr.dist, tr.prec, tr.state
-    t, o = cfg.train, cfg.optim
+    cfg, dist, precision, state = tr.cfg, tr.dist, tr.precision, tr.state
+    train_cfg, optim_cfg = cfg.train, cfg.optim
     model, raw_model, batches, optimizers, scaler = tr.model, tr.raw_model, tr.batches, tr.optimizers, tr.scaler
-    accum = t.grad_accum // dist.world_size  # micro-batches per step on this process
+    accum = train_cfg.grad_accum // dist.world_size  # micro-batches per step on this process
     stop = StopSignals()
     pending: list[tuple[int, torch.Tensor]] = []  # (iter, loss) of steps not yet read back from the device
     last_train_loss, val_loss = None, None
-    speed = _Throughput(t.batch_size * t.grad_accum * raw_model.config.block_size, state.iter)
+    speed = _Throughput(train_cfg.batch_size * train_cfg.grad_accum * raw_model.config.block_size, state.iter)
     try:
         while True:
-            lr_factor = optim.lr_factor(state.iter, o, t.max_iters)
+            lr_factor = optim.lr_factor(state.iter, optim_cfg, train_cfg.max_iters)
             optim.set_lr(optimizers, lr_factor)
 
             # ---- evaluate and checkpoint ----
-            if (state.iter % t.eval_interval == 0 or state.iter == t.max_iters or t.eval_only) and (
-                state.iter != state.evaluated_at
-            ):
-                t_eval = time.perf_counter()
+            if (
+                state.iter % train_cfg.eval_interval == 0 or state.iter == train_cfg.max_iters or train_cfg.eval_only
+            ) and (state.iter != state.evaluated_at):
                 _read_losses(pending, dist)  # never checkpoint weights a NaN touched
-                losses = evaluate(model, batches, t.eval_iters, prec, dist)
-                state.evaluated_at, val_loss = state.iter, losses["val"]
-                improved = losses["val"] < state.best_val_loss
-                state.best_val_loss = min(state.best_val_loss, losses["val"])
-                if tr.metrics is not None:
-                    log.info("iter %d: train loss %.4f, val loss %.4f", state.iter, losses["train"], losses["val"])
-                    record = {"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"]}
-                    tr.metrics.write({**record, "lr": o.lr * lr_factor})
-                if t.eval_only:
+                pending = []
+                val_loss = _evaluate_and_save(tr, speed, lr=optim_cfg.lr * lr_factor)
+                if train_cfg.eval_only:
                     break
-                if state.iter > 0 and (improved or t.always_save_checkpoint):
-                    tr.save(as_latest=True, as_best=improved)
-                speed.pause(time.perf_counter() - t_eval)  # evaluation is not training time
-            if state.iter >= t.max_iters:
+            if state.iter >= train_cfg.max_iters:
                 break
 
             # ---- one optimizer step: accumulate gradients over micro-batches ----
-            step_loss = torch.zeros((), device=prec.device)
+            step_loss = torch.zeros((), device=precision.device)
             for micro in range(accum):
                 x, y = batches.train(state.iter, dist.rank * accum + micro)
                 # Gradients are synchronised across processes on the last micro-batch only.
-                with distributed.gradient_sync(model, micro == accum - 1), prec.autocast():
+                with distributed.gradient_sync(model, micro == accum - 1), precision.autocast():
                     _, loss = model(x, y)
                     loss = loss / accum  # the step's gradient is the mean over its micro-batches
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
-            if t.skip_nonfinite and not math.isfinite(distributed.all_reduce_mean(step_loss.clone(), dist).item()):
+            if train_cfg.skip_nonfinite and not math.isfinite(
+                distributed.all_reduce_mean(step_loss.clone(), dist).item()
+            ):
                 log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", state.iter)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 step_loss.fill_(0.0)  # skipped steps do not stop the run at the next log
             else:
-                if o.grad_clip > 0:
+                if optim_cfg.grad_clip > 0:
                     for opt in optimizers:
                         scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), o.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), optim_cfg.grad_clip)
                 for opt in optimizers:
                     scaler.step(opt)
                     opt.zero_grad(set_to_none=True)
@@ -258,14 +258,14 @@ def _train_loop(tr: Trainer) -> Result:
             pending.append((state.iter, step_loss))
 
             # ---- log: the only place losses are read back from the device ----
-            if state.iter % t.log_interval == 0 or state.iter == t.max_iters - 1:
+            if state.iter % train_cfg.log_interval == 0 or state.iter == train_cfg.max_iters - 1:
                 last_train_loss = _read_losses(pending, dist)[-1]
                 pending = []
-                _log_step(tr, last_train_loss, o.lr * lr_factor, speed.tokens_per_s(state.iter + 1))
+                _log_step(tr, last_train_loss, optim_cfg.lr * lr_factor, speed.tokens_per_s(state.iter + 1))
             state.iter += 1
 
             # In DDP, agreeing on a stop costs a collective: do it at log steps only.
-            action = stop.requested(dist, prec.device, at_log_step=(state.iter - 1) % t.log_interval == 0)
+            action = stop.requested(dist, precision.device, at_log_step=(state.iter - 1) % train_cfg.log_interval == 0)
             if action:
                 _read_losses(pending, dist)
                 tr.save(as_latest=True, as_best=False)
@@ -279,6 +279,23 @@ def _train_loop(tr: Trainer) -> Result:
     finally:
         stop.restore()
     return Result(tr.run_dir, state.iter, state.best_val_loss, last_train_loss, val_loss)
+
+
+def _evaluate_and_save(tr: Trainer, speed: _Throughput, lr: float) -> float:
+    """Evaluate; checkpoint if the run improved (or always, as configured). Returns the val loss."""
+    state, train_cfg = tr.state, tr.cfg.train
+    t_eval = time.perf_counter()
+    losses = evaluate(tr.model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
+    state.evaluated_at = state.iter
+    improved = losses["val"] < state.best_val_loss
+    state.best_val_loss = min(state.best_val_loss, losses["val"])
+    if tr.metrics is not None:
+        log.info("iter %d: train loss %.4f, val loss %.4f", state.iter, losses["train"], losses["val"])
+        tr.metrics.write({"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+    if not train_cfg.eval_only and state.iter > 0 and (improved or train_cfg.always_save_checkpoint):
+        tr.save(as_latest=True, as_best=improved)
+    speed.pause(time.perf_counter() - t_eval)  # evaluation is not training time
+    return losses["val"]
 
 
 class _Throughput:
@@ -303,7 +320,7 @@ def _log_step(tr: Trainer, loss: float, lr: float, tokens_per_s: float) -> None:
         return
     it = tr.state.iter
     record = {"iter": it, "loss": loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
-    peak = tr.prec.peak_flops()
+    peak = tr.precision.peak_flops()
     if peak is not None:
         record["mfu"] = round(tr.raw_model.flops_per_token() * tokens_per_s / peak, 4)
     tokens_per_step = tr.cfg.train.batch_size * tr.cfg.train.grad_accum * tr.raw_model.config.block_size
@@ -334,101 +351,18 @@ def _read_losses(pending: list[tuple[int, torch.Tensor]], dist: distributed.Dist
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: Batches, eval_iters: int, prec: devices.Precision, d: distributed.Dist
+    model: torch.nn.Module, batches: Batches, eval_iters: int, precision: devices.Precision, d: distributed.Dist
 ) -> dict[str, float]:
     """Mean loss over the same `eval_iters` batches of each split, shared out across processes."""
     model.eval()
     out = {}
     for split in SPLITS:
-        total = torch.zeros((), device=prec.device)
+        total = torch.zeros((), device=precision.device)
         for k in range(d.rank, eval_iters, d.world_size):
             x, y = batches.eval(split, k)
-            with prec.autocast():
+            with precision.autocast():
                 _, loss = model(x, y)
             total += loss.float()
         out[split] = (distributed.all_reduce_mean(total, d) * d.world_size / eval_iters).item()
     model.train()
     return out
-
-
-def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
-    """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
-    meta = read_meta(data_path)
-    if ckpt is not None:
-        info = checkpoint.load_info(ckpt)
-        saved = ModelConfig(**info["model"])
-        _check_same_model(cfg, saved, info, meta, ckpt)
-        model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
-        checkpoint.load_weights(model, ckpt)
-        return model, info
-    if cfg.init_from == "scratch":
-        vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
-        model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
-    else:
-        from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
-
-        if meta["tokenizer"].get("kind") != "gpt2":
-            raise UserError(
-                f"init_from={cfg.init_from} needs data in GPT-2's BPE, but {cfg.data.name!r} is tokenized with "
-                f"{meta['tokenizer'].get('kind')!r}: use data=shakespeare, or data.tokenizer=gpt2 for your text"
-            )
-        log.info(
-            "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
-            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)",
-            cfg.init_from,
-            cfg.model.block_size,
-            cfg.model.dropout,
-        )
-        model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
-    info = {
-        "model": dataclasses.asdict(model.config),
-        "tokenizer": meta["tokenizer"],
-        "data_vocab_size": meta["vocab_size"],
-        "init_from": cfg.init_from,
-    }
-    return model, info
-
-
-def _check_same_model(cfg: RunConfig, saved: ModelConfig, info: dict, meta: dict, ckpt: str) -> None:
-    """A checkpoint only resumes under the model shape and tokenizer it was trained with."""
-    if info["tokenizer"] != meta["tokenizer"]:
-        raise UserError(
-            f"the data set {cfg.data.name!r} is tokenized differently from checkpoint {ckpt}: "
-            "resume with the data the run was trained on"
-        )
-    if cfg.init_from != "scratch":
-        return  # the shape came from the pretrained model, not from cfg.model
-    asked = dataclasses.asdict(cfg.model)
-    for key, value in dataclasses.asdict(saved).items():
-        if key in ("dropout", "pad_vocab_multiple") or (key == "vocab_size" and asked[key] is None):
-            continue
-        if asked[key] != value:
-            raise UserError(
-                f"model.{key}={asked[key]} but checkpoint {ckpt} was trained with model.{key}={value}: "
-                "resume with the model config the run was trained with"
-            )
-
-
-def _pad(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _gather_rng_state(d: distributed.Dist, prec: devices.Precision) -> list[dict[str, torch.Tensor]]:
-    """Every rank's RNG state (dropout), so a resumed run draws the same random numbers."""
-    mine = {"cpu": torch.get_rng_state()}
-    if prec.device_type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(prec.device)
-    if not d.enabled:
-        return [mine]
-    states: list[Any] = [None] * d.world_size
-    torch.distributed.all_gather_object(states, mine)
-    return states
-
-
-def _set_rng_state(states: list[dict[str, torch.Tensor]], d: distributed.Dist, prec: devices.Precision) -> None:
-    if len(states) != d.world_size:
-        log.warning("resuming on %d processes, saved with %d: dropout draws will differ", d.world_size, len(states))
-        return
-    torch.set_rng_state(states[d.rank]["cpu"])
-    if prec.device_type == "cuda" and "cuda" in states[d.rank]:
-        torch.cuda.set_rng_state(states[d.rank]["cuda"], prec.device)
