@@ -81,26 +81,20 @@ def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], mod
 
 
 def fit_schedule(o: OptimConfig, max_iters: int, eval_only: bool = False) -> OptimConfig:
-    """The schedule fitted to a run of `max_iters` steps. A warmup or a decay longer than the run (a quick
-    `train.max_iters=20` on a long preset) is shortened to the run with a warning, instead of being refused."""
-    if eval_only:
+    """The schedule fitted to a run shorter than its warmup (a quick `train.max_iters=20` on a long preset): the
+    warmup, and the decay likewise, are shortened to the run with a warning instead of being refused. A decay
+    longer than a run that outlasts its warmup is left alone: a run stopped early and resumed with a larger
+    train.max_iters must follow the schedule it started on."""
+    if eval_only or o.warmup_iters <= max_iters:
         return o
-    fitted = o
-    if o.warmup_iters > max_iters:
-        log.warning(
-            "optim.warmup_iters=%d is longer than the run: warming up over train.max_iters=%d instead",
-            o.warmup_iters,
-            max_iters,
-        )
-        fitted = dataclasses.replace(fitted, warmup_iters=max_iters)
-    if o.lr_decay_iters is not None and o.lr_decay_iters > max_iters:
-        log.warning(
-            "optim.lr_decay_iters=%d is longer than the run: decaying over train.max_iters=%d instead",
-            o.lr_decay_iters,
-            max_iters,
-        )
-        fitted = dataclasses.replace(fitted, lr_decay_iters=max_iters)
-    return fitted
+    decay_iters = o.lr_decay_iters if o.lr_decay_iters is None else min(o.lr_decay_iters, max_iters)
+    log.warning(
+        "optim.warmup_iters=%d is longer than the run: warming up over train.max_iters=%d instead%s",
+        o.warmup_iters,
+        max_iters,
+        "" if decay_iters == o.lr_decay_iters else f" (and optim.lr_decay_iters={o.lr_decay_iters} likewise)",
+    )
+    return dataclasses.replace(o, warmup_iters=max_iters, lr_decay_iters=decay_iters)
 
 
 def lr_factor(it: int, o: OptimConfig, max_iters: int) -> float:
