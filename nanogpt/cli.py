@@ -257,6 +257,6 @@ def sample_main(cfg: DictConfig) -> None:
 @exit_on_user_error
 def export_main(cfg: DictConfig) -> None:
     e: ExportConfig = to_object(cfg, ExportConfig)
-    from nanogpt.pretrained import export_run  # torch: after the config is known to be good
+    from nanogpt.runs import export_run  # torch: after the config is known to be good
 
     export_run(e.run, e.out, e.checkpoint)

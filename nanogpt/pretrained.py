@@ -146,33 +146,6 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") -> str:
-    """Write a run's `best` (else `latest`) checkpoint as a Hugging Face GPT-2 folder; returns the folder,
-    `<run dir>/huggingface` unless `out_dir` is given."""
-    from nanogpt.runs import load_run
-
-    run = load_run(run_dir, which)
-    ckpt, info, vocab = run.checkpoint, run.info, run.vocab_size
-    out = out_dir or os.path.join(run_dir, "huggingface")
-    to_huggingface(run.model, vocab, out, info["tokenizer"])
-    log.info(
-        "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
-    )
-    if info["model"]["vocab_size"] != vocab:
-        log.info("vocabulary padding trimmed: %d -> %d ids", info["model"]["vocab_size"], vocab)
-    if not info["model"]["bias"]:
-        log.info("trained without biases: the exported biases are zeros (the same function)")
-    if info["tokenizer"].get("kind") == "gpt2":
-        log.info("with GPT-2's tokenizer: AutoTokenizer.from_pretrained(%r) loads it", out)
-    else:
-        log.warning(
-            "character-level model: transformers has no character tokenizer, so none is saved; %s maps each id "
-            "to its character: encode and decode text with it yourself",
-            os.path.join(out, "char_vocab.json"),
-        )
-    return out
-
-
 def _check_folder(out_dir: str) -> None:
     """Refuse to replace a folder that holds something other than a model (a typo could wipe a data dir)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

@@ -1,5 +1,5 @@
 """A run's model: built for training (from scratch, from OpenAI's GPT-2, or from the run's checkpoint), and loaded
-back from a finished run for sampling, export and evaluation."""
+back from a finished run for sampling and evaluation, or exported as a Hugging Face GPT-2."""
 
 from __future__ import annotations
 
@@ -50,6 +50,33 @@ def load_run(run_dir: str, which: str = "best") -> LoadedRun:
     model = GPT(ModelConfig(**info["model"]))
     checkpoint.load_weights(model, ckpt)
     return LoadedRun(model, info["data_vocab_size"], ckpt, info)
+
+
+def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") -> str:
+    """Write a run's `best` (else `latest`) checkpoint as a Hugging Face GPT-2 folder; returns the folder,
+    `<run dir>/huggingface` unless `out_dir` is given."""
+    from nanogpt.pretrained import to_huggingface  # transformers costs seconds to import
+
+    run = load_run(run_dir, which)
+    ckpt, info, vocab = run.checkpoint, run.info, run.vocab_size
+    out = out_dir or os.path.join(run_dir, "huggingface")
+    to_huggingface(run.model, vocab, out, info["tokenizer"])
+    log.info(
+        "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
+    )
+    if info["model"]["vocab_size"] != vocab:
+        log.info("vocabulary padding trimmed: %d -> %d ids", info["model"]["vocab_size"], vocab)
+    if not info["model"]["bias"]:
+        log.info("trained without biases: the exported biases are zeros (the same function)")
+    if info["tokenizer"].get("kind") == "gpt2":
+        log.info("with GPT-2's tokenizer: AutoTokenizer.from_pretrained(%r) loads it", out)
+    else:
+        log.warning(
+            "character-level model: transformers has no character tokenizer, so none is saved; %s maps each id "
+            "to its character: encode and decode text with it yourself",
+            os.path.join(out, "char_vocab.json"),
+        )
+    return out
 
 
 def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:

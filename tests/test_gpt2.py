@@ -346,7 +346,7 @@ def test_export_char_model_trims_padding_and_zero_fills_biases(tmp_path, char_da
 
 def test_export_mistakes_are_one_clear_line(tmp_path):
     from nanogpt.errors import UserError
-    from nanogpt.pretrained import export_run
+    from nanogpt.runs import export_run
 
     proc = run_entry("export.py", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "give run=<run dir>" in proc.stderr and "Traceback" not in proc.stderr
