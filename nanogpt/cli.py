@@ -82,9 +82,11 @@ def config_error_line(e: BaseException) -> str:
     return first_line(e) + (f" ({first_line(cause)})" if cause is not e else "")
 
 
-# Each process resolves `${now:}` for itself, and could land a second apart from rank 0: other ranks get a
-# throw-away Hydra dir under this prefix and learn rank 0's dir once the process group is up.
-_SCRATCH_RANK_DIR = "nanogpt-rank"
+# Hydra creates its run dir (and a log in it) before our code runs. Where that dir must not be touched, it gets a
+# throw-away dir under this prefix instead, removed at exit: on other ranks (each process resolves `${now:}` for
+# itself and could land a second apart from rank 0; they learn rank 0's dir once the process group is up), and
+# for a `resume=` that names no run, which is then refused without leaving a dir behind.
+_SCRATCH_DIR = "nanogpt-scratch-"
 
 
 def _launch_rank() -> int:
@@ -94,15 +96,15 @@ def _launch_rank() -> int:
 
 
 def _rank_dir(run_dir: str, resume: str | None) -> str:
-    """The run dir Hydra should create for this process: the dated dir (or the resumed run's) on rank 0."""
+    """The run dir Hydra should create for this process: the dated dir, or the resumed run's, on rank 0."""
     rank = _launch_rank()
-    if rank > 0:
-        return os.path.join(tempfile.gettempdir(), f"{_SCRATCH_RANK_DIR}{rank}-{os.getpid()}")
+    if rank > 0 or (resume and not os.path.isfile(os.path.join(resume, ".hydra", "config.yaml"))):
+        return os.path.join(tempfile.gettempdir(), f"{_SCRATCH_DIR}rank{rank}-{os.getpid()}")
     return resume if resume else run_dir
 
 
-def _is_scratch_rank_dir(run_dir: str) -> bool:
-    return os.path.basename(run_dir).startswith(_SCRATCH_RANK_DIR)
+def _is_scratch_dir(run_dir: str) -> bool:
+    return os.path.basename(run_dir).startswith(_SCRATCH_DIR)
 
 
 def _hydra_subdir(resume: str | None) -> str | None:
@@ -164,11 +166,11 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
     started = time.time()
     status: dict = {"status": "running"}
     main_rank = _launch_rank() == 0
-    if not main_rank and _is_scratch_rank_dir(run_dir):
+    if _is_scratch_dir(run_dir):
         import atexit
         import shutil
 
-        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)  # the run lives in rank 0's dir
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)  # not the run's dir: see _rank_dir
     try:
         run_dir, run_cfg = _run_config(cfg, run_dir, overrides, link_latest=main_rank and not multirun)
         result = train(run_cfg, run_dir)

@@ -81,7 +81,7 @@ def run_copy(tmp_path, trained) -> Path:
         (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30"),
         (["model.dropout=1.0"], "model.dropout=1.0"),
         (["optim.lr=-1"], "optim.lr=-1"),
-        (["optim.warmup_iters=50", "train.max_iters=10"], "optim.warmup_iters=50"),
+        (["optim.warmup_iters=-1"], "optim.warmup_iters=-1"),
         (["train.eval_iters=0"], "train.eval_iters=0"),
         (["device.device=cuda"], "device.device=cuda"),
         (["device.device=mps"], "device.device=mps"),
@@ -185,11 +185,31 @@ def test_model_vocab_smaller_than_data(tmp_path, char_data):
 # ---- checkpoints and run dirs ----
 
 
-def test_resume_without_checkpoint_or_run_dir(tmp_path, char_data):
-    one_line_error(run_entry("run.py", f"resume={tmp_path}", cwd=tmp_path, check=False), "not a run dir")
-    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "train.eval_only=true", cwd=tmp_path)
+def test_short_run_clamps_the_schedule(tmp_path, char_data):
+    """A warmup (and decay) longer than the run is shortened to it with one warning line, not refused."""
+    args = ["optim.warmup_iters=50", "optim.lr_decay_iters=80", "train.max_iters=10", "train.eval_interval=100"]
+    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=tmp_path)
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "longer than the run" in line]
+    assert len(warnings) == 1 and "train.max_iters=10" in warnings[0] and "lr_decay_iters=80" in warnings[0]
     [run] = run_dirs(tmp_path)
-    one_line_error(run_entry("run.py", f"resume={run}", cwd=tmp_path, check=False), "no checkpoint")
+    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    peak = 6e-4  # OptimConfig's lr: warming up over the 10 steps, it + 1 / 11 of the peak at step it
+    assert lrs == pytest.approx([peak * (it + 1) / 11 for it in range(10)])
+
+
+def test_resume_without_checkpoint_or_run_dir(tmp_path, char_data):
+    one_line_error(run_entry("run.py", f"resume={tmp_path / 'nope'}", cwd=tmp_path, check=False), "does not exist")
+    one_line_error(run_entry("run.py", f"resume={tmp_path}", cwd=tmp_path, check=False), "not a run dir")
+    # A run killed before its first checkpoint: resume starts it over, in the same dir, with its saved config.
+    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=4", cwd=tmp_path)
+    [run] = run_dirs(tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    (run / "status.json").unlink()
+    proc = run_entry("run.py", f"resume={run}", cwd=tmp_path)
+    assert "has no checkpoint yet: starting the run from the beginning" in proc.stdout + proc.stderr
+    assert run_dirs(tmp_path) == [run]
+    assert json.loads((run / "status.json").read_text())["iter"] == 4
+    assert (run / "checkpoints" / "latest").is_dir()
 
 
 @pytest.mark.parametrize("damage", ["truncated_weights", "garbage_state", "missing_info"])
