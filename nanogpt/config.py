@@ -124,11 +124,24 @@ class TrainConfig:
     keep_last: int = 1  # checkpoints kept besides `best`
     parallel: str = "ddp"  # several processes: ddp (a replica each) | fsdp (weights and optimizer state sharded)
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (a host sync per step)
+    # Downstream tasks (nanogpt/eval/), scored at evaluations and logged beside the val loss: <task>_acc, ...
+    eval_tasks: list[str] = field(default_factory=list)  # e.g. [hellaswag]; [] (the default): none
+    eval_tasks_interval: int | None = None  # at evaluations whose step is a multiple of this; None: every evaluation
+    eval_tasks_limit: int | None = None  # the first K examples of each task, for quick runs; None: all
 
 
 @dataclass
 class PathsConfig:
     data_dir: str = "data"  # root of prepared data sets, relative to the launch directory
+
+
+@dataclass
+class TasksConfig:
+    """Downstream evaluation (`eval.*`), for run.py's in-loop tasks and eval.py alike."""
+
+    hellaswag_file: str | None = None  # a local hellaswag_val.jsonl; None: downloaded once into <data_dir>/hellaswag/
+    batch_size: int = 32  # sequences per forward; HellaSwag keeps an example's 4 endings in one forward
+    max_gen_tokens: int = 256  # harness generation tasks: the most new tokens, unless the task sets max_gen_toks
 
 
 @dataclass
@@ -142,6 +155,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: TasksConfig = field(default_factory=TasksConfig)
     name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
     seed: int = 1337
     init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir>
@@ -185,6 +199,24 @@ class ExportConfig:
     out: str | None = None  # folder to write; None: <run dir>/huggingface
 
 
+@dataclass
+class EvalConfig:
+    """`eval.py`: downstream accuracy of a run's checkpoint or a GPT-2, saved in <run>/eval/<checkpoint>.json."""
+
+    run: str | None = None  # run dir whose checkpoint to evaluate
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest; a run without a best checkpoint is evaluated at its latest
+    tasks: list[str] = field(default_factory=list)  # our own tasks (nanogpt/eval/): hellaswag
+    harness: list[str] = field(default_factory=list)  # lm-evaluation-harness task names or task YAML paths
+    limit: int | None = None  # the first K examples of each task; None: all
+    num_fewshot: int | None = None  # harness tasks: examples shown before each question; None: each task's default
+    out: str | None = None  # the results file; None: <run>/eval/<checkpoint>.json, or outputs/eval/<model>.json
+    seed: int = 1234  # harness tasks: few-shot draws and sampled generations
+    eval: TasksConfig = field(default_factory=TasksConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
@@ -200,11 +232,14 @@ def validate(cfg: Any) -> None:
         _check(cfg.logger.name in ("none", "wandb"), f"logger.name={cfg.logger.name!r}: use none or wandb")
         _check_device(cfg.device)
         _check_data(cfg.data)
+        _check_tasks(cfg)
     elif isinstance(cfg, PrepareConfig):
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
         _check_sample(cfg)
         _check_device(cfg.device)
+    elif isinstance(cfg, EvalConfig):
+        _check_tasks(cfg)
     elif isinstance(cfg, ExportConfig):
         _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
@@ -290,6 +325,32 @@ def _check_modern(cfg: RunConfig) -> None:
     _check(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must be in [0, 1)")
     _check(o.muon_weight_decay >= 0, f"optim.muon_weight_decay={o.muon_weight_decay} must be >= 0")
     _check(1 <= o.muon_ns_steps < 100, f"optim.muon_ns_steps={o.muon_ns_steps} must be in [1, 99]")
+
+
+def _check_tasks(cfg: RunConfig | EvalConfig) -> None:
+    """Downstream evaluation settings: task names against the registry, sizes in range."""
+    from nanogpt.eval import check_task_names  # no torch: the registry names modules, imported when run
+
+    e = cfg.eval
+    _check(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
+    _check(e.max_gen_tokens >= 1, f"eval.max_gen_tokens={e.max_gen_tokens} must be >= 1")
+    if isinstance(cfg, RunConfig):
+        t = cfg.train
+        check_task_names(t.eval_tasks, "train.eval_tasks")
+        for key in ("eval_tasks_interval", "eval_tasks_limit"):
+            value = getattr(t, key)
+            _check(value is None or value > 0, f"train.{key}={value} must be > 0 (or null)")
+        return
+    _check(
+        (cfg.run is None) != (cfg.init_from is None),
+        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
+    )
+    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+    _check(bool(cfg.tasks or cfg.harness), "nothing to evaluate: give tasks=[hellaswag] and/or harness=[<task>,...]")
+    check_task_names(cfg.tasks, "tasks")
+    _check(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be > 0 (or null for all)")
+    _check(cfg.num_fewshot is None or cfg.num_fewshot >= 0, f"num_fewshot={cfg.num_fewshot} must be >= 0")
+    _check_device(cfg.device)
 
 
 def _check_device(d: DeviceConfig) -> None:

@@ -225,11 +225,14 @@ class GPT(nn.Module):
         *,
         cache: KVCache | None = None,
         last_only: bool = False,
+        logits_at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for each position of `idx` (B, T), and the mean cross-entropy when `targets` are given.
 
         With a cache, `idx` holds only the tokens after those already cached. `last_only` computes the
-        logits of the last position alone, which is all that generation needs.
+        logits of the last position alone, which is all that generation needs. `logits_at` = (rows, positions)
+        computes them at those positions alone, (N, vocab): scoring a continuation needs only its own, and the
+        output layer is most of a small model's forward.
         """
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
@@ -248,6 +251,8 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)
         if targets is None:
+            if logits_at is not None:
+                return self.lm_head(x[logits_at]), None
             return self.lm_head(x[:, [-1], :] if last_only else x), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
