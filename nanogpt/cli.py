@@ -4,6 +4,7 @@ exit codes). The rest of the package takes typed config objects (nanogpt/config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
+from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
 from nanogpt.errors import FailedDuringTraining, UserError, exit_on_user_error
 from nanogpt.files import atomic_symlink, atomic_write_text
 
@@ -38,6 +39,7 @@ def register_configs() -> None:
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
     if not OmegaConf.has_resolver("nanogpt.rank_dir"):
         OmegaConf.register_new_resolver("nanogpt.rank_dir", _rank_dir)
         OmegaConf.register_new_resolver("nanogpt.subdir", _hydra_subdir)
@@ -262,3 +264,15 @@ def export_main(cfg: DictConfig) -> None:
     from nanogpt.runs import export_run  # torch: after the config is known to be good
 
     export_run(e.run, e.out, e.checkpoint)
+
+
+@exit_on_user_error
+def eval_main(cfg: DictConfig, overrides: list[str]) -> None:
+    e: EvalConfig = to_object(cfg, EvalConfig)
+    if e.run is not None and e.eval.hellaswag_file is None:
+        # The run's own local HellaSwag file (given to run.py offline), so it need not be repeated here.
+        with contextlib.suppress(UserError):  # not a run dir: the evaluation says so, naming the checkpoint
+            e.eval.hellaswag_file = load_run_config(e.run).eval.hellaswag_file
+    from nanogpt.eval.command import evaluate  # torch: after the config is known to be good
+
+    evaluate(e, overrides)

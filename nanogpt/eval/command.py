@@ -1,0 +1,119 @@
+"""`eval.py`: score a run's checkpoint (or an OpenAI GPT-2) on our tasks and lm-evaluation-harness tasks, print a
+table, and save the results as <run>/eval/<checkpoint>.json.
+
+Everything that can be refused is checked before the model is scored, and the results file is written last and
+atomically: a refused or failed evaluation leaves the run dir as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shlex
+from typing import Any
+
+from nanogpt import checkpoint, distributed, runs
+from nanogpt import device as devices
+from nanogpt.config import EvalConfig, SampleConfig
+from nanogpt.eval import task_module
+from nanogpt.eval.scoring import Scorer
+from nanogpt.files import atomic_write
+
+log = logging.getLogger("nanogpt")
+
+
+def evaluate(cfg: EvalConfig, overrides: list[str]) -> dict[str, Any]:
+    """Run the evaluation `cfg` asks for on every process; the first writes and prints. Returns the results."""
+    env = distributed.launch_env()
+    prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
+    d = distributed.setup(prec.device_type)
+    try:
+        return _evaluate(cfg, overrides, d, prec)
+    finally:
+        distributed.teardown(d)
+
+
+def _evaluate(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: devices.Precision) -> dict[str, Any]:
+    manager = None
+    if cfg.harness:
+        from nanogpt.eval import harness
+
+        manager = harness.check_tasks(cfg.harness)  # before anything is loaded: lm-eval installed, names known
+    source = find_model(cfg)
+    data = {name: task_module(name).load(cfg.eval, cfg.paths.data_dir, cfg.limit, d) for name in cfg.tasks}
+    scorer = load_scorer(cfg, source, prec, d)
+    if manager is not None:
+        harness.check_generation(manager, cfg.harness, scorer.block_size, cfg.eval.max_gen_tokens)
+    out = cfg.out or _default_out(cfg, source)
+    report: dict[str, Any] = {"model": source, "command": shlex.join(["python", "eval.py", *overrides])}
+    report["date"] = datetime.datetime.now().isoformat(timespec="seconds")
+    report["tasks"] = {}
+    for name, examples in data.items():
+        r = task_module(name).evaluate(scorer, examples)
+        report["tasks"][name] = {"metrics": r.metrics, "version": r.version, "examples": r.examples, **r.details}
+    if manager is not None:
+        report["harness"] = harness.evaluate(scorer, cfg, manager)
+    if d.is_main:
+        print(table(report), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        atomic_write(out, (json.dumps(report, indent=1) + "\n").encode())
+        log.info("results written to %s", out)
+    return report
+
+
+def find_model(cfg: EvalConfig) -> dict[str, Any]:
+    """What will be evaluated: the run's checkpoint (best, else latest) and its iter, or the pretrained name."""
+    if cfg.init_from is not None:
+        return {"init_from": cfg.init_from}
+    ckpt = runs.find_checkpoint(cfg.run, cfg.checkpoint)  # refuses a missing run or one without checkpoints
+    which = cfg.checkpoint if checkpoint.find(cfg.run, cfg.checkpoint) == ckpt else "latest"
+    info = checkpoint.load_info(ckpt)
+    return {"run": os.path.abspath(cfg.run), "checkpoint": which, "path": ckpt, "iter": info.get("iter")}
+
+
+def load_scorer(cfg: EvalConfig, source: dict[str, Any], prec: devices.Precision, d: distributed.Dist) -> Scorer:
+    """The model to evaluate on its device, with its tokenizer, in eval mode."""
+    from nanogpt.sampling import load_for_sampling
+
+    which = source.get("checkpoint", cfg.checkpoint)
+    model, tokenizer, vocab = load_for_sampling(SampleConfig(run=cfg.run, init_from=cfg.init_from, checkpoint=which))
+    model.eval().to(prec.device)
+    return Scorer(
+        model,
+        tokenizer,
+        block_size=model.config.block_size,
+        vocab_size=vocab,
+        device=prec.device,
+        autocast=prec.autocast,
+        batch_size=cfg.eval.batch_size,
+        dist=d,
+    )
+
+
+def _default_out(cfg: EvalConfig, source: dict[str, Any]) -> str:
+    if cfg.run is not None:
+        return os.path.join(cfg.run, "eval", f"{source['checkpoint']}.json")
+    return os.path.join("outputs", "eval", f"{os.path.basename(os.path.normpath(cfg.init_from))}.json")
+
+
+def table(report: dict[str, Any]) -> str:
+    """The results as a plain text table: one line per task and metric."""
+    lines = [("task", "metric", "value", "stderr", "examples")]
+    for section, suffix in (("tasks", ""), ("harness", " (harness)")):
+        for name, r in report.get(section, {}).items():
+            for i, (metric, value) in enumerate(r["metrics"].items()):
+                err = r.get("stderr", {}).get(metric)
+                first = i == 0
+                lines.append(
+                    (
+                        name + suffix if first else "",
+                        metric,
+                        f"{value:.4f}",
+                        f"±{err:.4f}" if err is not None else "",
+                        str(r["examples"]) if first and r["examples"] is not None else "",
+                    )
+                )
+    widths = [max(len(row[k]) for row in lines) for k in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
