@@ -1,4 +1,5 @@
-"""Summarise a sweep: one row per job (its overrides, status, losses, speed, wall time) and its val loss curves.
+"""Summarise a sweep: one row per job (its overrides, status, losses, downstream accuracy when the jobs scored
+tasks in training, speed, wall time) and its val loss curves, with the downstream metric's curves beside them.
 
     python -m nanogpt.sweep multirun/<date>/<time>
 
@@ -46,6 +47,17 @@ class Job:
     tokens_per_s: float | None = None
     wall_s: float | None = None
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    # Downstream tasks scored during training (train.eval_tasks): metric (hellaswag_acc, ...) -> [(iter, value)].
+    task_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def task_metric(self, name: str) -> float | None:
+        """The metric's last value: the run's final evaluation."""
+        curve = self.task_curves.get(name)
+        return curve[-1][1] if curve else None
+
+
+# What an evaluation record holds besides the downstream tasks' metrics.
+_EVAL_KEYS = {"iter", "train_loss", "val_loss", "lr", "eval_tasks_s"}
 
 
 def read_job(path: str) -> Job:
@@ -59,10 +71,14 @@ def read_job(path: str) -> Job:
 
     # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
     evals: dict[int, float] = {}
+    tasks: dict[str, dict[int, float]] = {}
     train: dict[int, dict[str, Any]] = {}
     for record in read_metrics(path):
         if record.get("val_loss") is not None:
             evals[record["iter"]] = record["val_loss"]
+            for key in record.keys() - _EVAL_KEYS:
+                if isinstance(record[key], (int, float)):
+                    tasks.setdefault(key, {})[record["iter"]] = record[key]
         if "loss" in record:
             train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
@@ -79,6 +95,7 @@ def read_job(path: str) -> Job:
         tokens_per_s=round(statistics.median(speeds), 1) if speeds else None,
         wall_s=status.get("wall_s"),
         val_curve=sorted(evals.items()),
+        task_curves={k: sorted(v.items()) for k, v in sorted(tasks.items())},
     )
 
 
@@ -112,6 +129,8 @@ def write_report(sweep_dir: str) -> list[str]:
     """Write report.md, report.csv and val_loss.png (when matplotlib is installed); returns their paths."""
     jobs = find_jobs(sweep_dir)
     common, varying = _varying(jobs)
+    task_columns = sorted({k for j in jobs for k in j.task_curves})  # hellaswag_acc, ... when a job has them
+    columns = (*COLUMNS[:4], *task_columns, *COLUMNS[4:])
     rows = [
         {
             "job": j.num,
@@ -122,12 +141,13 @@ def write_report(sweep_dir: str) -> list[str]:
             "tokens_per_s": j.tokens_per_s,
             "wall_s": j.wall_s,
             "iter": j.iter,
+            **{k: j.task_metric(k) for k in task_columns},
         }
         for j, v in zip(jobs, varying, strict=True)
     ]
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "all_overrides", "error"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*columns, "all_overrides", "error"], lineterminator="\n")
     writer.writeheader()
     for row, j in zip(rows, jobs, strict=True):
         writer.writerow({**row, "all_overrides": " ".join(j.overrides), "error": j.error or ""})
@@ -143,9 +163,9 @@ def write_report(sweep_dir: str) -> list[str]:
         best = min(ranked, key=lambda j: j.best_val_loss)
         what = " ".join(varying[jobs.index(best)])
         lines += [f"Best val loss: {best.best_val_loss:.4f}, job {best.num}" + (f" (`{what}`)." if what else ".")]
-    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"`{row[c]}`" if c == "overrides" and row[c] else _fmt(c, row[c]) for c in COLUMNS]
+        cells = [f"`{row[c]}`" if c == "overrides" and row[c] else _fmt(c, row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j.error]
     if failed:
@@ -164,7 +184,8 @@ def _write(path: str, text: str) -> str:
 
 
 def _plot(sweep_dir: str, jobs: list[Job], varying: list[list[str]]) -> str | None:
-    """val_loss.png: every job's val loss against iterations; None without matplotlib or without evals."""
+    """val_loss.png: every job's val loss against iterations (and a downstream metric beside it, when the jobs scored
+    one); None without matplotlib or without evals."""
     if not any(j.val_curve for j in jobs):
         return None
     try:
@@ -175,21 +196,31 @@ def _plot(sweep_dir: str, jobs: list[Job], varying: list[list[str]]) -> str | No
     except ImportError:
         log.warning("matplotlib is not installed: no val_loss.png (pip install matplotlib)")
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for j, v in zip(jobs, varying, strict=True):
-        if j.val_curve:
-            iters, losses = zip(*j.val_curve, strict=True)
-            ax.plot(iters, losses, marker="o", markersize=3, label=f"{j.num}: {' '.join(v)}"[:80])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("val loss")
-    ax.set_title("/".join(os.path.abspath(sweep_dir).split(os.sep)[-2:]))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    task = _plotted_task_metric(jobs)
+    fig, axes = plt.subplots(1, 2 if task else 1, figsize=(14 if task else 8, 5), squeeze=False)
+    panels = [("val_curve", "val loss")] + ([(task, task.replace("_", " "))] if task else [])
+    for ax, (what, label) in zip(axes[0], panels, strict=True):
+        for j, v in zip(jobs, varying, strict=True):
+            curve = j.val_curve if what == "val_curve" else j.task_curves.get(what, [])
+            if curve:
+                iters, values = zip(*curve, strict=True)
+                ax.plot(iters, values, marker="o", markersize=3, label=f"{j.num}: {' '.join(v)}"[:80])
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("/".join(os.path.abspath(sweep_dir).split(os.sep)[-2:]))
+    axes[0][0].legend(fontsize="small")
     fig.tight_layout()
     path = os.path.join(sweep_dir, "val_loss.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plotted_task_metric(jobs: list[Job]) -> str | None:
+    """The downstream metric drawn beside the val loss: the first acc_norm (HellaSwag's headline), else the first."""
+    names = sorted({k for j in jobs for k in j.task_curves})
+    return next((n for n in names if n.endswith("acc_norm")), names[0] if names else None)
 
 
 class ReportCallback(Callback):

@@ -22,6 +22,7 @@ from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
 from nanogpt.data.tokens import SPLITS, dataset_dir
 from nanogpt.errors import FailedDuringTraining, UserError
+from nanogpt.eval.loop import TrainingTasks
 from nanogpt.metrics import MetricsLog
 from nanogpt.model import GPT
 from nanogpt.runlock import RunLock
@@ -64,6 +65,7 @@ class Trainer:
     info: dict[str, Any]  # the facts every checkpoint records (shape, tokenizer, vocabulary)
     state: TrainState
     metrics: MetricsLog | None  # rank 0 only
+    tasks: TrainingTasks | None = None  # downstream tasks scored at evaluations (train.eval_tasks)
 
     def save(self, as_latest: bool, as_best: bool) -> None:
         """Checkpoint the run (a collective under DDP/FSDP: every rank calls it)."""
@@ -148,8 +150,12 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     if ckpt is not None:
         state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
     model = torch.compile(wrapped) if cfg.device.compile else wrapped
+    # Downstream tasks call raw_model: a full replica under DDP, the sharded module under FSDP, never compiled.
+    tasks = TrainingTasks(cfg, info, raw_model, precision, dist) if train_cfg.eval_tasks else None
     metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None
-    return Trainer(cfg, run_dir, dist, precision, raw_model, model, optimizers, scaler, batches, info, state, metrics)
+    return Trainer(
+        cfg, run_dir, dist, precision, raw_model, model, optimizers, scaler, batches, info, state, metrics, tasks
+    )
 
 
 def _prepared_data(cfg: RunConfig, dist: distributed.Dist) -> str:
@@ -286,12 +292,15 @@ def _evaluate_and_save(tr: Trainer, speed: _Throughput, lr: float) -> float:
     state, train_cfg = tr.state, tr.cfg.train
     t_eval = time.perf_counter()
     losses = evaluate(tr.model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
+    last = state.iter == train_cfg.max_iters or train_cfg.eval_only
+    scores = tr.tasks.run(state.iter) if tr.tasks is not None and tr.tasks.due(state.iter, last) else {}  # all ranks
     state.evaluated_at = state.iter
     improved = losses["val"] < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, losses["val"])
     if tr.metrics is not None:
         log.info("iter %d: train loss %.4f, val loss %.4f", state.iter, losses["train"], losses["val"])
-        tr.metrics.write({"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+        record = {"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+        tr.metrics.write({**record, **scores})
     if not train_cfg.eval_only and state.iter > 0 and (improved or train_cfg.always_save_checkpoint):
         tr.save(as_latest=True, as_best=improved)
     speed.pause(time.perf_counter() - t_eval)  # evaluation is not training time
