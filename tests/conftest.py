@@ -67,3 +67,22 @@ def char_data(tmp_path_factory, shakespeare) -> Path:
 
 def run_dirs(base: Path, name: str = "default") -> list[Path]:
     return sorted(p for p in (base / "outputs" / name).iterdir() if not p.is_symlink())
+
+
+@pytest.fixture(scope="session")
+def hellaswag_file(tmp_path_factory) -> Path:
+    """A 12-example file in HellaSwag's format (the fields we read, and one of the original's we ignore). The first
+    example's context is longer than a 32-token block, so it is cropped."""
+    import json
+    import random
+
+    words = "the a man woman dog cat runs walks into room kitchen ball throws catches slowly and sits on chair"
+    rng = random.Random(0)
+    sentence = lambda n: " ".join(rng.choice(words.split()) for _ in range(n))
+    path = tmp_path_factory.mktemp("hellaswag") / "hellaswag_val.jsonl"
+    with open(path, "w") as f:
+        for i in range(12):
+            ctx = sentence(40 if i == 0 else rng.randint(4, 14)).capitalize() + "."
+            endings = [sentence(rng.randint(2, 10)) + "." for _ in range(4)]
+            f.write(json.dumps({"ind": i, "ctx": ctx, "endings": endings, "label": rng.randint(0, 3)}) + "\n")
+    return path

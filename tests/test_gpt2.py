@@ -3,6 +3,7 @@ presets, and a tiny random Hugging Face GPT-2 through load -> finetune -> export
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -207,19 +208,22 @@ def test_presets_match_nanogpt_configs():
     assert (owt.init_from, owt.data.name, owt.model.n_layer, owt.model.block_size) == ("scratch", "owt", 12, 1024)
     assert (owt.train.batch_size, owt.train.grad_accum, owt.train.max_iters) == (12, 40, 600_000)
     assert (owt.train.eval_interval, owt.train.eval_iters) == (1000, 200)
+    assert (owt.train.eval_tasks, owt.train.eval_tasks_interval) == (["hellaswag"], 1000)
     o = owt.optim
     assert (o.lr, o.min_lr, o.warmup_iters, o.weight_decay, o.beta2) == (6e-4, 6e-5, 2000, 0.1, 0.95)
     assert owt.device.device == "cuda" and owt.device.compile
 
-    # The short spelling is the same run, but for the device and the name.
+    # The short spelling is the same run, but for the device, the name and HellaSwag in the loop.
     short = compose("model=gpt2", "data=owt")
-    assert (short.model, short.data, short.train) == (owt.model, owt.data, owt.train)
+    same_loop = dataclasses.replace(owt.train, eval_tasks=[], eval_tasks_interval=None)
+    assert (short.model, short.data, short.train) == (owt.model, owt.data, same_loop)
     assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == o.lr and short.optim.min_lr == o.min_lr
 
     for name, layers in (("gpt2", 12), ("gpt2_medium", 24), ("gpt2_large", 36), ("gpt2_xl", 48)):
         ev = compose(f"experiment=eval_{name}")
         assert (ev.init_from, ev.model.n_layer, ev.data.name) == (name.replace("_", "-"), layers, "owt")
         assert (ev.train.eval_only, ev.train.eval_iters, ev.train.batch_size) == (True, 500, 8)
+        assert ev.train.eval_tasks == ["hellaswag"]
 
 
 # ---- a tiny OpenAI-style GPT-2: load, finetune, export, reload, sample ----

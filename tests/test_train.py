@@ -185,10 +185,14 @@ def test_ddp_two_processes_equal_one(tmp_path, char_data, optimizer):
     assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
 
 
-def test_compile_on_cpu(tmp_path, char_data):
-    run = train(tmp_path, char_data, "train.max_iters=3", "device.compile=true", "model.n_layer=1")
+def test_compile_on_cpu(tmp_path, char_data, hellaswag_file):
+    # With HellaSwag scored at each evaluation: it calls the model uncompiled (its lengths vary), the loop compiled.
+    tasks = ["train.eval_tasks=[hellaswag]", f"eval.hellaswag_file={hellaswag_file}"]
+    run = train(tmp_path, char_data, "train.max_iters=3", "device.compile=true", "model.n_layer=1", *tasks)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert len([r for r in metrics(run) if "loss" in r]) == 3
+    scored = [r for r in metrics(run) if "hellaswag_acc_norm" in r]
+    assert [r["iter"] for r in scored] == [0, 3] and all(0 <= r["hellaswag_acc"] <= 1 for r in scored)
 
 
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
