@@ -72,7 +72,8 @@ def run_dirs(base: Path, name: str = "default") -> list[Path]:
 @pytest.fixture(scope="session")
 def hellaswag_file(tmp_path_factory) -> Path:
     """A 12-example file in HellaSwag's format (the fields we read, and one of the original's we ignore). The first
-    example's context is longer than a 32-token block, so it is cropped."""
+    example's context is longer than a 32-token block, so it is cropped; the second has WikiHow's kind of markup,
+    characters a Shakespeare character vocabulary lacks."""
     import json
     import random
 
@@ -82,7 +83,7 @@ def hellaswag_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hellaswag") / "hellaswag_val.jsonl"
     with open(path, "w") as f:
         for i in range(12):
-            ctx = sentence(40 if i == 0 else rng.randint(4, 14)).capitalize() + "."
+            ctx = "[title] Step 2. " * (i == 1) + sentence(40 if i == 0 else rng.randint(4, 14)).capitalize() + "."
             endings = [sentence(rng.randint(2, 10)) + "." for _ in range(4)]
             f.write(json.dumps({"ind": i, "ctx": ctx, "endings": endings, "label": rng.randint(0, 3)}) + "\n")
     return path

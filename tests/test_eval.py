@@ -183,7 +183,12 @@ def test_harness_adapter_equals_the_harness_hf_model(tiny_hf, tmp_path):
 # ---- in the training loop, and eval.py ----
 
 
-def test_in_loop_hellaswag_equals_eval_py(eval_run, tmp_path):
+def text_of(example: dict) -> list[str]:
+    """What HellaSwag encodes of an example: its context once, each ending after a space."""
+    return [example["ctx"]] + [" " + e for e in example["endings"]]
+
+
+def test_in_loop_hellaswag_equals_eval_py(eval_run, hellaswag_file, tmp_path):
     """The run logged HellaSwag at each evaluation; eval.py on its latest checkpoint gets the same numbers, prints
     them, and adds only eval/latest.json to the run dir."""
     records = [json.loads(line) for line in (eval_run / "metrics.jsonl").read_text().splitlines()]
@@ -200,6 +205,9 @@ def test_in_loop_hellaswag_equals_eval_py(eval_run, tmp_path):
     hs = report["tasks"]["hellaswag"]
     assert hs["metrics"] == {"acc": scored[8]["hellaswag_acc"], "acc_norm": scored[8]["hellaswag_acc_norm"]}
     assert report["model"]["iter"] == 8 and hs["examples"] == 12 and hs["cropped"] > 0  # 32 characters hold little
+    chars = set(json.loads((eval_run / "checkpoints" / "latest" / "info.json").read_text())["tokenizer"]["chars"])
+    texts = [t for line in hellaswag_file.read_text().splitlines() for t in text_of(json.loads(line))]
+    assert hs["dropped_chars"] == sum(c not in chars for t in texts for c in t) == 3  # "[title] Step 2."'s [, ], 2
     assert report["command"].startswith("python eval.py run=") and hs["version"]
 
 
@@ -351,3 +359,23 @@ def test_sweep_report_shows_downstream_metrics_beside_the_val_loss(tmp_path):
     assert "| 2.0000 | 0.3500 | 0.3600 |" in report  # job 1's last evaluation
     png = (tmp_path / "val_loss.png").read_bytes()
     assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") == 1400  # two panels side by side
+
+
+def test_unknown_harness_task_names_the_closest(tmp_path, monkeypatch):
+    """In-process: the harness's full index takes seconds to build, so it is swapped for one of local tasks."""
+    pytest.importorskip("lm_eval")
+    import lm_eval.tasks
+
+    from nanogpt.errors import UserError
+    from nanogpt.eval import harness
+
+    write_tasks(tmp_path)
+    local = lm_eval.tasks.TaskManager
+    monkeypatch.setattr(
+        lm_eval.tasks, "TaskManager", lambda **kw: local(include_path=str(tmp_path), include_defaults=False)
+    )
+    assert "toy_mc" in harness.check_tasks(["toy_mc", str(tmp_path / "toy_gen.yaml")]).all_tasks
+    with pytest.raises(UserError, match="harness: unknown task 'toy_mx': did you mean toy_mc"):
+        harness.check_tasks(["toy_mx"])
+    with pytest.raises(UserError, match="task file '.*nope.yaml' does not exist"):
+        harness.check_tasks([str(tmp_path / "nope.yaml")])

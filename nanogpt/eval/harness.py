@@ -95,6 +95,7 @@ def evaluate(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
     from lm_eval import simple_evaluate
 
     lm = NanoGPTLM(scorer, cfg.eval.max_gen_tokens, cfg.seed)
+    dropped_before = scorer.dropped_chars
     out = simple_evaluate(
         model=lm,
         tasks=list(cfg.harness),
@@ -123,8 +124,9 @@ def evaluate(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
         examples = out.get("n-samples", {}).get(name, {}).get("effective")
         version = out.get("versions", {}).get(name)
         tasks[name] = {"metrics": metrics, "stderr": stderr, "version": version, "examples": examples}
-    if scorer.dropped_chars:
-        log.warning("%d characters outside the model's vocabulary were left out of the text", scorer.dropped_chars)
+    if scorer.dropped_chars > dropped_before:
+        dropped = scorer.dropped_chars - dropped_before
+        log.warning("harness: %d characters outside the model's vocabulary were left out of the text", dropped)
     return tasks
 
 

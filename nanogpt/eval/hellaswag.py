@@ -7,8 +7,8 @@ local copy given as `eval.hellaswag_file`.
 Scoring, as build-nanogpt and llm.c do it: each ending is appended to the context after a space, the model's
 cross-entropy is summed over the ending's tokens only, and the example counts as right when the true ending has
 the lowest sum (`acc`) or the lowest mean per token (`acc_norm`). OpenAI's GPT-2 124M scores acc 0.2859,
-acc_norm 0.2955 this way. lm-evaluation-harness's `hellaswag` task differs (it cleans the text and normalises by
-characters), so its acc_norm for the same model is 0.3114: compare numbers of one scorer only.
+acc_norm 0.2955 this way. lm-evaluation-harness's `hellaswag` task differs (it prefixes the activity label, cleans
+the text and normalises by characters), so its acc_norm for the same model is 0.3114: compare one scorer's numbers.
 """
 
 from __future__ import annotations
