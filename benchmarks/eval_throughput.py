@@ -1,8 +1,9 @@
 """HellaSwag scoring against the model's plain forward, in tokens/s, on the same device: what evaluation costs.
 
-    python benchmarks/eval_throughput.py [--rounds 3] [--examples 64] [--model baby|gpt2] [--file hellaswag_val.jsonl]
+    python benchmarks/eval_throughput.py [--rounds 3] [--examples 64] [--model baby|gpt2|char] [--file <jsonl>]
 
-Random weights in GPT-2's shape family with GPT-2's vocabulary (`baby`: 6x384; `gpt2`: 12x768), fp32, eval mode.
+Random weights, fp32, eval mode: `baby` (6x384) and `gpt2` (12x768) with GPT-2's vocabulary and a 1024 block;
+`char`, the CPU recipe's character model (4x128, block 64, tiny Shakespeare's 65 characters).
 The examples are HellaSwag's (`--file`) or, offline, made in its shape from the real tiny Shakespeare: a context of
 20-60 words and four endings of 8-25 words each (HellaSwag's rows run ~50-120 GPT-2 tokens).
 
@@ -35,9 +36,13 @@ from nanogpt.config import ModelConfig  # noqa: E402
 from nanogpt.eval import hellaswag  # noqa: E402
 from nanogpt.eval.scoring import Scorer  # noqa: E402
 from nanogpt.model import GPT  # noqa: E402
-from nanogpt.tokenizer import GPT2Tokenizer  # noqa: E402
+from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer  # noqa: E402
 
-SHAPES = {"baby": dict(n_layer=6, n_head=6, n_embd=384), "gpt2": dict(n_layer=12, n_head=12, n_embd=768)}
+SHAPES = {
+    "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=1024),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "char": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+}
 
 
 def shakespeare_examples(n: int, seed: int = 0) -> bytes:
@@ -85,9 +90,14 @@ def main() -> None:
     payload = Path(args.file).read_bytes() if args.file else shakespeare_examples(args.examples)
     examples = hellaswag.parse(payload, args.file or "the Shakespeare examples")[: args.examples]
     torch.manual_seed(0)
-    cfg = ModelConfig(**SHAPES[args.model], block_size=1024, vocab_size=50304)
+    if args.model == "char":
+        tokenizer = CharTokenizer.from_text(Path(CORPUS).read_text())
+        vocab, padded = tokenizer.vocab_size, tokenizer.vocab_size
+    else:
+        tokenizer, vocab, padded = GPT2Tokenizer(), 50257, 50304
+    cfg = ModelConfig(**SHAPES[args.model], vocab_size=padded)
     model = GPT(cfg).eval()
-    scorer = Scorer(model, GPT2Tokenizer(), cfg.block_size, 50257, torch.device("cpu"), batch_size=args.batch_size)
+    scorer = Scorer(model, tokenizer, cfg.block_size, vocab, torch.device("cpu"), batch_size=args.batch_size)
     hellaswag.evaluate(scorer, examples[:8])  # warm-up: kernels, allocator, the tokenizer's cache
     _, tokens = time_eval(scorer, examples)
     rows = 4 * max(1, args.batch_size // 4)
@@ -101,7 +111,7 @@ def main() -> None:
     ev, fw = statistics.median(evals), statistics.median(plains)
     print(
         f"eval_throughput: hellaswag {ev / fw:.2f}x the plain forward's tokens/s (eval {ev:,.0f} vs forward "
-        f"{fw:,.0f} tokens/s; {args.model} shape, GPT-2 vocabulary, fp32, {len(examples)} examples, mean row "
+        f"{fw:,.0f} tokens/s; {args.model} model, vocabulary {vocab}, fp32, {len(examples)} examples, mean row "
         f"{mean_length} tokens, {rows} rows per forward, {torch.get_num_threads()} threads, median of {args.rounds} "
         f"alternating rounds; {1000 * tokens / len(examples) / ev:.1f} s per 1000 examples)"
     )
