@@ -127,18 +127,17 @@ def parse(payload: bytes, source: str) -> list[Example]:
                 f"{source}:{number} is not a HellaSwag example (a JSON object with ctx, 4 endings and a label 0-3): "
                 + hint
             )
-        examples.append(Example(x["ctx"], x["endings"], x["label"]))
+        examples.append(Example(x["ctx"], x["endings"], int(x["label"])))
     if not examples:
         raise UserError(f"{source} holds no examples: {hint}")
     return examples
 
 
 def _is_example(x: object) -> bool:
-    if not isinstance(x, dict) or not isinstance(x.get("ctx"), str) or type(x.get("label")) is not int:
-        return False
+    if not isinstance(x, dict) or not isinstance(x.get("ctx"), str) or str(x.get("label")) not in ("0", "1", "2", "3"):
+        return False  # the original has int labels; copies exported from Hugging Face's have "0".."3"
     endings = x.get("endings")
-    four = isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)
-    return four and 0 <= x["label"] < 4
+    return isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)
 
 
 def rows(scorer: Scorer, ex: Example) -> tuple[list[Row], bool]:
