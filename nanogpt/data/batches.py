@@ -1,4 +1,4 @@
-"""Training and evaluation batches from memmapped token files.
+"""Training and evaluation batches from memmapped token files: one per split, or many shards.
 
 A batch is a pure function of (seed, step, micro-batch index): no loader state to save, exact resume,
 and the same global batch whatever the number of processes or the split into accumulation steps.
@@ -6,11 +6,10 @@ and the same global batch whatever the number of processes or the split into acc
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
+from nanogpt.data.shards import Tokens, split_files
 from nanogpt.data.tokens import SPLITS, read_meta
 from nanogpt.errors import UserError
 
@@ -34,15 +33,16 @@ class Batches:
                 f"the data set's vocabulary ({self.meta['vocab_size']}) is larger than the model's "
                 f"(model.vocab_size={vocab_size}): raise model.vocab_size or leave it null"
             )
-        # Mapped once: pages are read on demand and shared with the OS cache.
-        self.data = {s: np.memmap(os.path.join(path, f"{s}.bin"), dtype=self.meta["dtype"], mode="r") for s in SPLITS}
-        for split, arr in self.data.items():
-            if len(arr) <= block_size:
+        # Each file mapped once: pages are read on demand and shared with the OS cache. A split in shards
+        # reads as one sequence, so starts are drawn over all its tokens the same way as from one file.
+        self.data = {s: Tokens(split_files(path, self.meta, s), self.meta["dtype"]) for s in SPLITS}
+        for split, tokens in self.data.items():
+            if len(tokens) <= block_size:
                 raise UserError(
-                    f"the {split} split of {path} has {len(arr)} tokens, not more than one block "
+                    f"the {split} split of {path} has {len(tokens)} tokens, not more than one block "
                     f"(model.block_size={block_size}): lower model.block_size or give more text"
                 )
-            _check_token_range(path, split, arr, self.meta["vocab_size"])
+            _check_token_range(tokens, self.meta["vocab_size"])
         self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
         self.seed, self.device = seed, device
         self._step: int | None = None
@@ -67,8 +67,7 @@ class Batches:
         return self._gather(split, rows)
 
     def _gather(self, split: str, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        data, T = self.data[split], self.block_size
-        buf = torch.from_numpy(np.stack([data[i : i + T + 1] for i in starts]).astype(np.int64))
+        buf = torch.from_numpy(self.data[split].windows(starts, self.block_size + 1))
         x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
         if self.device.type == "cuda":
             # Pinned memory lets the copy run asynchronously with the GPU's work.
@@ -76,14 +75,12 @@ class Batches:
         return x.to(self.device), y.to(self.device)
 
 
-def _check_token_range(path: str, split: str, arr: np.ndarray, vocab_size: int, limit: int = 2**28) -> None:
+def _check_token_range(tokens: Tokens, vocab_size: int, limit: int = 2**28) -> None:
     """Every token id must index the embedding: out-of-range ids crash CUDA kernels with no useful message.
-    Scanned in chunks (about 1 ms per million tokens); files past `limit` tokens rely on meta.json."""
-    if len(arr) > limit:
-        return
-    top = max(int(arr[i : i + 2**24].max()) for i in range(0, len(arr), 2**24))
-    if top >= vocab_size:
+    Scanned in chunks (about 1 ms per million tokens); splits past `limit` tokens rely on meta.json."""
+    found = tokens.max_token(limit)
+    if found is not None and found[0] >= vocab_size:
         raise UserError(
-            f"{os.path.join(path, split + '.bin')} holds token id {top}, beyond the vocabulary of {vocab_size}: "
+            f"{found[1]} holds token id {found[0]}, beyond the vocabulary of {vocab_size}: "
             "the token files do not match meta.json; prepare the data set again with force=true"
         )

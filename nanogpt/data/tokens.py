@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from nanogpt.config import DataConfig
+from nanogpt.data.shards import check_files
 from nanogpt.errors import UserError
 from nanogpt.files import atomic_write
 
@@ -39,16 +40,7 @@ def read_meta(path: str) -> dict:
         raise UserError(f"{path} is not prepared (no meta.json): run python prepare.py data=...") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is corrupt ({e}): prepare the data set again with force=true") from None
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in SPLITS:
-        bin_path = os.path.join(path, f"{split}.bin")
-        want = meta[f"{split}_tokens"] * itemsize
-        have = os.path.getsize(bin_path) if os.path.exists(bin_path) else -1
-        if have != want:
-            raise UserError(
-                f"{bin_path} has {have} bytes but meta.json says {want} ({meta[f'{split}_tokens']} tokens): "
-                "the token files are truncated or stale; prepare the data set again with force=true"
-            )
+    check_files(path, meta)  # train.bin/val.bin, or the shards meta.json lists
     return meta
 
 
