@@ -76,8 +76,14 @@ def hub(tmp_path_factory, shakespeare) -> tuple[Path, list[str]]:
 
 
 def stream_args(hub_dir: Path, data_dir: Path, num_proc: int = 2) -> list[str]:
-    return ["data=fineweb_edu", f"data.dataset={hub_dir}", f"data.val_tokens={VAL}", f"data.shard_tokens={SHARD}",
-            f"data.num_proc={num_proc}", f"paths.data_dir={data_dir}"]  # fmt: skip
+    return [
+        "data=fineweb_edu",
+        f"data.dataset={hub_dir}",
+        f"data.val_tokens={VAL}",
+        f"data.shard_tokens={SHARD}",
+        f"data.num_proc={num_proc}",
+        f"paths.data_dir={data_dir}",
+    ]
 
 
 def hf_env(tmp: Path) -> dict[str, str]:
@@ -128,8 +134,16 @@ def test_streamed_max_tokens_stops_early(tmp_path, hub):
     from nanogpt.config import DataConfig
     from nanogpt.data.stream import prepare_stream
 
-    data = DataConfig(name="x", tokenizer="gpt2", dataset=str(hub[0]), subset="sample-10BT", streaming=True,
-                      val_tokens=1000, shard_tokens=3000, max_tokens=7000)  # fmt: skip
+    data = DataConfig(
+        name="x",
+        tokenizer="gpt2",
+        dataset=str(hub[0]),
+        subset="sample-10BT",
+        streaming=True,
+        val_tokens=1000,
+        shard_tokens=3000,
+        max_tokens=7000,
+    )
     out = prepare_stream(data, str(tmp_path / "x"))
     meta = json.loads(Path(out, "meta.json").read_text())
     assert (meta["val_tokens"], meta["train_tokens"]) == (1000, 7000)
@@ -178,8 +192,16 @@ def test_resume_after_each_shard_writes_the_same_shards(tmp_path, hub, streamed,
     from nanogpt.data import writer
     from nanogpt.data.stream import prepare_stream
 
-    data = DataConfig(name="x", tokenizer="gpt2", dataset=str(hub[0]), subset="sample-10BT", streaming=True,
-                      val_tokens=VAL, shard_tokens=SHARD, num_proc=2)  # fmt: skip
+    data = DataConfig(
+        name="x",
+        tokenizer="gpt2",
+        dataset=str(hub[0]),
+        subset="sample-10BT",
+        streaming=True,
+        val_tokens=VAL,
+        shard_tokens=SHARD,
+        num_proc=2,
+    )
     save = writer.ShardedWriter._save_progress
 
     class Killed(BaseException):
@@ -229,8 +251,12 @@ def test_shards_read_as_one_sequence(tmp_path, streamed):
             xb, yb = b.train(step, micro)
             assert xa.equal(xb) and ya.equal(yb)
         starts = a._starts  # windows that straddle two shards are read from both
-        crossing += int(np.any((starts[:, None] < a.data["train"].ends[:-1]) &
-                               (starts[:, None] + 257 > a.data["train"].ends[:-1]), axis=1).sum())  # fmt: skip
+        crossing += int(
+            np.any(
+                (starts[:, None] < a.data["train"].ends[:-1]) & (starts[:, None] + 257 > a.data["train"].ends[:-1]),
+                axis=1,
+            ).sum()
+        )
     assert crossing > 0
     for k in range(5):
         assert all(t.equal(u) for t, u in zip(a.eval("val", k), b.eval("val", k), strict=True))
@@ -261,8 +287,14 @@ def test_llmc_shards_folder_and_the_same_tokens_in_one_file_train_bit_identicall
     assert sorted(p.name for p in (data / "fineweb10b_gpt2").iterdir()) == ["meta.json"]  # shards used in place
     write_one_file_copy(data / "fineweb10b_gpt2", data / "one")
     runs = {}
-    common = [*TINY, f"paths.data_dir={data}", "data=fineweb10b_gpt2", "train.max_iters=6", "train.eval_interval=3",
-              "train.grad_accum=2"]  # fmt: skip
+    common = [
+        *TINY,
+        f"paths.data_dir={data}",
+        "data=fineweb10b_gpt2",
+        "train.max_iters=6",
+        "train.eval_interval=3",
+        "train.grad_accum=2",
+    ]
     for name in ("fineweb10b_gpt2", "one"):
         run_entry("run.py", *common, f"data.name={name}", f"name={name}", cwd=tmp_path)
         runs[name] = run_dirs(tmp_path, name)[-1]
@@ -288,8 +320,12 @@ def test_llmc_format_round_trip_and_damaged_headers(tmp_path):
     assert np.frombuffer(raw[:12], dtype="<i4").tolist() == [20240520, 1, 1000] and len(raw) == 1024 + 2000
     assert not any(raw[12:1024])
     assert np.array_equal(llmc.read_tokens(str(tmp_path / "a.bin")), tokens)
-    bad = {"magic": raw[:0] + np.int32(12345).tobytes() + raw[4:], "truncated": raw[:-2], "short": raw[:100],
-           "version": raw[:4] + np.int32(7).tobytes() + raw[8:]}  # fmt: skip
+    bad = {
+        "magic": raw[:0] + np.int32(12345).tobytes() + raw[4:],
+        "truncated": raw[:-2],
+        "short": raw[:100],
+        "version": raw[:4] + np.int32(7).tobytes() + raw[8:],
+    }
     needles = {"magic": "magic number 12345", "truncated": "truncated", "short": "shorter", "version": "version 7"}
     for kind, payload in bad.items():
         (tmp_path / f"{kind}.bin").write_bytes(payload)
@@ -351,9 +387,16 @@ def test_bad_shards_folder_is_one_line_and_prepares_nothing(tmp_path, case):
         llmc.write_shard(str(folder / "fineweb_train_000002.bin"), np.array([1, 2, 60000], np.uint16))
     elif case == "no_val":
         (folder / "fineweb_val_000000.bin").unlink()
-    needle = {"empty": "holds no llm.c .bin shards", "mixed": "mixes formats", "versions": "mixes llm.c shard formats",
-              "llama": "LLaMA 3 tokens", "out_of_vocab": "token id 60000", "char": "does not match",
-              "no_val": "holds no val shard", "missing": "is not a folder"}[case]  # fmt: skip
+    needle = {
+        "empty": "holds no llm.c .bin shards",
+        "mixed": "mixes formats",
+        "versions": "mixes llm.c shard formats",
+        "llama": "LLaMA 3 tokens",
+        "out_of_vocab": "token id 60000",
+        "char": "does not match",
+        "no_val": "holds no val shard",
+        "missing": "is not a folder",
+    }[case]
     shards_dir = folder if case != "missing" else tmp_path / "nowhere"
     data = DataConfig(name="set", tokenizer="char" if case == "char" else "gpt2", shards_dir=str(shards_dir))
     with pytest.raises(UserError, match=needle) as e:
@@ -365,8 +408,14 @@ def test_bad_shards_folder_is_one_line_and_prepares_nothing(tmp_path, case):
 def test_bad_magic_is_one_line_from_the_entry_point(tmp_path):
     write_llmc_set(tmp_path / "shards", sizes=(2000,), val=1000)
     (tmp_path / "shards" / "fineweb_train_000002.bin").write_bytes(b"\x00" * 2048)
-    proc = run_entry("prepare.py", "data=fineweb10b_gpt2", f"data.shards_dir={tmp_path / 'shards'}",
-                     f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path, check=False)  # fmt: skip
+    proc = run_entry(
+        "prepare.py",
+        "data=fineweb10b_gpt2",
+        f"data.shards_dir={tmp_path / 'shards'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        cwd=tmp_path,
+        check=False,
+    )
     one_line_error(proc, "fineweb_train_000002.bin", "magic number 0")
     assert not list((tmp_path / "data").rglob("meta.json"))
 

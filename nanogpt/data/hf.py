@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
+from nanogpt.data import hub
 from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
 from nanogpt.errors import UserError
 
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 2357  # nanoGPT's seed for the train/val split of OpenWebText
-PARQUET_REVISION = "refs/convert/parquet"  # the hub's branch holding its Parquet conversion of a data set
-# Documents in the train split of hub sets whose conversion we may read, to notice a partial conversion.
-KNOWN_DOCUMENTS = {"Skylion007/openwebtext": 8_013_769, "openwebtext": 8_013_769}
 DOC_SEPARATOR = "\n"  # between documents with the character tokenizer
 # `datasets` builders for local files, by extension (compressed files keep the builder of their inner one).
 _BUILDERS = {
@@ -152,18 +150,13 @@ def load_documents(data: DataConfig, num_proc: int) -> tuple[Dataset, str]:
             loaded = datasets.load_dataset(builder, data_files=files, **extra)
             source = os.path.abspath(path)
         else:
-            loaded, source = _load_from_hub(spec, config, num_proc)
+            loaded, source = hub.load(spec, config, num_proc)
     except UserError:
         raise
     except Exception as e:  # the hub, the network and file parsing fail in many types
         raise UserError(_load_error(spec, e)) from None
     docs = _train_split(loaded, spec)
-    if source.endswith(PARQUET_REVISION) and len(docs) != KNOWN_DOCUMENTS.get(spec, len(docs)):
-        log.warning(
-            "the Parquet conversion of %s holds %s documents, not the %s of the original (the hub converts only "
-            "part of some large sets): the train/val split differs from nanoGPT's",
-            spec, f"{len(docs):,}", f"{KNOWN_DOCUMENTS[spec]:,}",
-        )  # fmt: skip
+    hub.check_conversion(spec, source, len(docs))
     column = data.text_column
     if column not in docs.column_names:
         raise UserError(
@@ -175,41 +168,6 @@ def load_documents(data: DataConfig, num_proc: int) -> tuple[Dataset, str]:
         raise UserError(f"column {column!r} of {spec!r} holds {docs.features[column]}, not text: set data.text_column")
     docs = docs.select_columns([column]).with_format(None)
     return (docs if column == "text" else docs.rename_column(column, "text")), source
-
-
-def _load_from_hub(spec: str, subset: str | None, num_proc: int) -> tuple[Any, str]:
-    """A hub data set. One still published with a loading script (OpenWebText), which datasets>=4 refuses to
-    run, is read from the hub's Parquet conversion of it instead: the same documents in the same order, so
-    nanoGPT's seeded split picks the same ones. The log and meta.json's `source` say which was read."""
-    import datasets
-
-    name = f"{spec}" + (f" ({subset})" if subset else "")
-    try:
-        loaded = datasets.load_dataset(spec, subset, num_proc=num_proc)
-        log.info("loaded %s from the hub's data files", name)
-        return loaded, f"datasets: {name}"
-    except RuntimeError as e:
-        if not _is_script_refusal(e):
-            raise
-    log.warning(
-        "%s is published with a loading script, which datasets %s refuses to run: reading the hub's Parquet "
-        "conversion of it (revision %s) instead", name, datasets.__version__, PARQUET_REVISION,
-    )  # fmt: skip
-    try:
-        loaded = datasets.load_dataset(spec, subset, revision=PARQUET_REVISION, num_proc=num_proc)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(
-            f"data.dataset={spec!r} is published with a loading script, which datasets>=4 cannot run, and its "
-            f"Parquet conversion did not load either ({type(e).__name__}: {first}): point data.dataset at its data "
-            "files (parquet/jsonl) or a copy saved with save_to_disk"
-        ) from None
-    log.info("loaded %s from %s", name, PARQUET_REVISION)
-    return loaded, f"datasets: {name} @ {PARQUET_REVISION}"
-
-
-def _is_script_refusal(e: BaseException) -> bool:
-    return "scripts are no longer supported" in str(e)
 
 
 def _builder(files: list[str]) -> str:

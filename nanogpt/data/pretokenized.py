@@ -55,8 +55,10 @@ def prepare_pretokenized(data: DataConfig, out: str) -> str:
                 f"{folder} holds no {split} shard (a .bin file with {split!r} in its name): llm.c names them "
                 f"<name>_{split}_000000.bin"
             )
-    shards = {s: [_checked(os.path.join(folder, n)) for n in tqdm(names, desc=f"checking {s} shards", unit="shard")]
-              for s, names in splits.items()}  # fmt: skip
+    shards = {
+        s: [_checked(os.path.join(folder, n)) for n in tqdm(names, desc=f"checking {s} shards", unit="shard")]
+        for s, names in splits.items()
+    }
     meta = {
         "tokenizer": tok.GPT2Tokenizer().to_meta(),
         "vocab_size": tok.GPT2Tokenizer.vocab_size,

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
+from nanogpt.data import hub
 from nanogpt.data import writer as writing
 from nanogpt.data.prepare import finish_dataset
 from nanogpt.errors import UserError
@@ -59,7 +60,7 @@ def prepare_stream(data: DataConfig, out: str) -> str:
         )
     if data.source is not None:
         raise UserError(f"data.source={data.source!r} and data.streaming=true: keep one (data.source=null)")
-    ds = open_stream(data)
+    ds = hub.open_stream(data)
     state = writing.resume_or_start(out, settings(data))
     writing.check_free_disk(out, data, state.tokens_written, DTYPE.itemsize)
     writer = writing.ShardedWriter(out, data, state, DTYPE)
@@ -69,9 +70,14 @@ def prepare_stream(data: DataConfig, out: str) -> str:
         ds.load_state_dict(state.stream)
     threads = data.num_proc or len(os.sched_getaffinity(0))
     bar = tqdm(
-        total=writing.estimate_tokens(data), initial=state.tokens_written, unit="tok", unit_scale=True,
-        dynamic_ncols=True, desc=f"preparing {data.name}", mininterval=1.0,
-    )  # fmt: skip
+        total=writing.estimate_tokens(data),
+        initial=state.tokens_written,
+        unit="tok",
+        unit_scale=True,
+        dynamic_ncols=True,
+        desc=f"preparing {data.name}",
+        mininterval=1.0,
+    )
     with Encoder(threads) as encoder, bar:
         batches = _batches(ds, data.text_column, state.stream) if not writer.done else iter(())
         for batch, tokens, doc_lens in encoder.pipeline(batches):
@@ -107,40 +113,6 @@ def settings(data: DataConfig) -> dict:
 
 
 # ---- the stream ---------------------------------------------------------------------------------------------
-
-
-def open_stream(data: DataConfig) -> Any:
-    """`data.dataset`'s train split as an IterableDataset of one text column; loading errors as one line."""
-    import datasets
-
-    spec = data.dataset or ""
-    local = os.path.expanduser(spec)
-    try:  # a local folder (of data files, or laid out as the hub repo with its README) or a hub name
-        ds = datasets.load_dataset(local if os.path.isdir(local) else spec, data.subset, split="train", streaming=True)
-    except Exception as e:  # the hub, the network and the files fail in many types
-        raise UserError(_load_error(data, e)) from None
-    columns = ds.column_names
-    if columns is not None and data.text_column not in columns:
-        raise UserError(
-            f"data.text_column={data.text_column!r} is not a column of {spec!r} (it has {', '.join(columns)}): "
-            "set data.text_column to the one holding the text"
-        )
-    return ds.select_columns([data.text_column])
-
-
-def _load_error(data: DataConfig, e: Exception) -> str:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    spec = data.dataset
-    if isinstance(e, ValueError) and "BuilderConfig" in first and "not found" in first:
-        available = first.split("Available:", 1)[-1].strip() if "Available:" in first else "see the data set's page"
-        return f"data.subset={data.subset!r} is not a subset of {spec!r}: choose one of {available}"
-    if isinstance(e, ConnectionError) or "offline" in first.lower():
-        return (
-            f"cannot reach the Hugging Face hub for data.dataset={spec!r} ({first}) and there is no local copy: "
-            "connect to the network (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), or give data.dataset=<a local "
-            "folder of its parquet files>"
-        )
-    return f"cannot load data.dataset={spec!r} ({type(e).__name__}: {first}): check the name and data.subset"
 
 
 def _batches(ds: Any, column: str, start: dict | None) -> Iterator[Batch]:
