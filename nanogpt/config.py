@@ -61,9 +61,9 @@ class DataConfig:
     num_proc: int | None = None  # worker processes (threads when streaming) for tokenizing; None: all cores
     # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, shards.py):
     streaming: bool = False  # read data.dataset as a stream, tokenized as it arrives into shards; resumable
-    val_tokens: int = 100_000_000  # streaming: the first documents of the stream, up to this many tokens, validate
+    val_tokens: int = 100_000_000  # streaming: the stream's first this-many tokens are val (as llm.c's val shard)
     max_tokens: int | None = None  # streaming: stop after this many training tokens; None: the whole stream
-    shard_tokens: int = 100_000_000  # streaming: tokens per shard file (a shard ends at the next document end)
+    shard_tokens: int = 100_000_000  # streaming: tokens per shard file (each split's last shard holds the rest)
     # Pre-tokenized llm.c-format shards (nanogpt/data/pretokenized.py), trained on with no tokenization:
     shards: int | None = None  # download this many training shards of the hub repo data.dataset (and its val)
     shards_dir: str | None = None  # or a local folder of llm.c .bin shards (*train*, *val* in the names)

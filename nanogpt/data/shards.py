@@ -16,7 +16,6 @@ the same windows, hence bit-identical training. Each file is memory-mapped once,
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,32 +72,32 @@ class Tokens:
         sizes = np.array([f.tokens for f in files], dtype=np.int64)
         self.ends = np.cumsum(sizes)  # global end offset of each file
         self._first, self._sizes = (self.ends - sizes).tolist(), sizes.tolist()  # Python ints: fast per row
-        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._maps: dict[int, np.memmap] = {}
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
 
     def file_tokens(self, i: int) -> np.ndarray:
-        """File `i`'s tokens, memory-mapped on first use."""
+        """File `i`'s tokens, memory-mapped on first use (the oldest map is let go past MAX_OPEN)."""
         arr = self._maps.get(i)
         if arr is None:
             f = self.files[i]
             arr = np.memmap(f.path, dtype=self.dtype, mode="r", offset=f.offset, shape=(f.tokens,))
             if len(self._maps) >= MAX_OPEN:
-                self._maps.popitem(last=False)
+                del self._maps[next(iter(self._maps))]
             self._maps[i] = arr
-        else:
-            self._maps.move_to_end(i)
         return arr
 
     def windows(self, starts: np.ndarray, n: int, dtype: np.dtype | type = np.int64) -> np.ndarray:
         """Rows of `n` consecutive tokens starting at each of `starts` (global offsets), as `dtype`."""
         out = np.empty((len(starts), n), dtype=dtype)
         which = np.searchsorted(self.ends, starts, side="right").tolist()
+        maps = self._maps
         for row, (start, i) in enumerate(zip(starts.tolist(), which, strict=True)):
             local = start - self._first[i]
             if local + n <= self._sizes[i]:  # the usual case: inside one file
-                out[row] = self.file_tokens(i)[local : local + n]
+                arr = maps.get(i)
+                out[row] = (self.file_tokens(i) if arr is None else arr)[local : local + n]
                 continue
             filled = 0
             while filled < n:  # across a file boundary: the end of one, the start of the next
