@@ -41,6 +41,7 @@ from nanogpt.errors import UserError
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 1 << 20  # text per batch of documents: a resume re-reads at most one batch
+IN_FLIGHT = 4  # batches read and queued for tokenizing at a time: a few MB of text
 DTYPE = np.dtype(np.uint16)  # GPT-2's 50257 ids
 
 
@@ -187,12 +188,12 @@ class Encoder:
         return [self.pool.submit(self.encode, texts[i : i + step]) for i in range(0, len(texts), step)]
 
     def pipeline(self, batches: Iterator[Batch]) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-        """(batch, its tokens, its documents' token counts) in order, the next batch tokenizing while the
-        caller writes the current one."""
+        """(batch, its tokens, its documents' token counts) in order, the next IN_FLIGHT - 1 batches queued for
+        the tokenizing threads while the caller writes the current one, so they never wait on it."""
         pending: deque = deque()
         for batch in batches:
             pending.append((batch, self.submit(batch.texts)))
-            if len(pending) > 1:
+            if len(pending) >= IN_FLIGHT:
                 yield self._join(*pending.popleft())
         while pending:
             yield self._join(*pending.popleft())
