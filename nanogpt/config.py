@@ -59,7 +59,7 @@ class DataConfig:
     text_column: str = "text"  # column holding the documents in a Hugging Face dataset
     val_fraction: float = 0.1  # share of the text held out for validation
     num_proc: int | None = None  # worker processes (threads when streaming) for tokenizing; None: all cores
-    # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, shards.py):
+    # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, tokens.py):
     streaming: bool = False  # read data.dataset as a stream, tokenized as it arrives into shards; resumable
     val_tokens: int = 100_000_000  # streaming: the stream's first this-many tokens are val (as llm.c's val shard)
     max_tokens: int | None = None  # streaming: stop after this many training tokens; None: the whole stream

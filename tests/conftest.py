@@ -67,3 +67,18 @@ def char_data(tmp_path_factory, shakespeare) -> Path:
 
 def run_dirs(base: Path, name: str = "default") -> list[Path]:
     return sorted(p for p in (base / "outputs" / name).iterdir() if not p.is_symlink())
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def hf_env(tmp: Path) -> dict[str, str]:
+    """`datasets` caches what it loads: keep that cache inside the test's temp dir."""
+    return {"HF_DATASETS_CACHE": str(tmp / "hf-cache")}

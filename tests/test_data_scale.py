@@ -17,20 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.conftest import OFFLINE_ENV, REPO, TINY, hf_env, one_line_error, run_dirs, run_entry
 
 EOT = 50256
 SHARD = 20_000  # tokens per shard in the streamed test set
 VAL = 30_000  # its val split: one full shard and a part of the next
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -84,10 +75,6 @@ def stream_args(hub_dir: Path, data_dir: Path, num_proc: int = 2) -> list[str]:
         f"data.num_proc={num_proc}",
         f"paths.data_dir={data_dir}",
     ]
-
-
-def hf_env(tmp: Path) -> dict[str, str]:
-    return {"HF_DATASETS_CACHE": str(tmp / "hf-cache")}
 
 
 @pytest.fixture(scope="module")
@@ -424,7 +411,8 @@ def test_hub_sets_with_no_network_and_no_local_copy_are_one_line(tmp_path):
     """The presets as they stand, under HF_HUB_OFFLINE (as with no network), nothing downloaded before."""
     from hydra import compose, initialize_config_dir
 
-    from nanogpt.config import PrepareConfig, register_configs, to_object
+    from nanogpt.cli import register_configs, to_object
+    from nanogpt.config import PrepareConfig
     from nanogpt.data.prepare import prepare
     from nanogpt.errors import UserError
 

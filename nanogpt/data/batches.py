@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nanogpt.data.shards import Tokens, split_files
-from nanogpt.data.tokens import SPLITS, read_meta
+from nanogpt.data.tokens import SPLITS, TokenFile, read_meta, split_files
 from nanogpt.errors import UserError
 
+MAX_OPEN = 128  # memory maps kept open per split (each holds a file descriptor)
 _TRAIN, _EVAL = 0, 1  # streams of the seed sequence, so train and eval draws never overlap
 
 
@@ -73,6 +73,70 @@ class Batches:
             # Pinned memory lets the copy run asynchronously with the GPU's work.
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+class Tokens:
+    """One split's tokens as a single sequence over its files (one .bin, or shards). A window that crosses from
+    one shard into the next is read from both, so a sharded set and the same tokens in one file give the same
+    windows, hence bit-identical training. Each file is memory-mapped when first read (at most MAX_OPEN at a
+    time), so memory stays flat however many shards there are."""
+
+    def __init__(self, files: list[TokenFile], dtype: str | np.dtype):
+        self.files = files
+        self.dtype = np.dtype(dtype)
+        sizes = np.array([f.tokens for f in files], dtype=np.int64)
+        self.ends = np.cumsum(sizes)  # global end offset of each file
+        self._first, self._sizes = (self.ends - sizes).tolist(), sizes.tolist()  # Python ints: fast per row
+        self._maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def file_tokens(self, i: int) -> np.ndarray:
+        """File `i`'s tokens, memory-mapped on first use (the oldest map is let go past MAX_OPEN)."""
+        arr = self._maps.get(i)
+        if arr is None:
+            f = self.files[i]
+            arr = np.memmap(f.path, dtype=self.dtype, mode="r", offset=f.offset, shape=(f.tokens,))
+            if len(self._maps) >= MAX_OPEN:
+                del self._maps[next(iter(self._maps))]
+            self._maps[i] = arr
+        return arr
+
+    def windows(self, starts: np.ndarray, n: int, dtype: np.dtype | type = np.int64) -> np.ndarray:
+        """Rows of `n` consecutive tokens starting at each of `starts` (global offsets), as `dtype`."""
+        out = np.empty((len(starts), n), dtype=dtype)
+        which = np.searchsorted(self.ends, starts, side="right").tolist()
+        maps = self._maps
+        for row, (start, i) in enumerate(zip(starts.tolist(), which, strict=True)):
+            local = start - self._first[i]
+            if local + n <= self._sizes[i]:  # the usual case: inside one file
+                arr = maps.get(i)
+                out[row] = (self.file_tokens(i) if arr is None else arr)[local : local + n]
+                continue
+            filled = 0
+            while filled < n:  # across a file boundary: the end of one, the start of the next
+                take = min(n - filled, self._sizes[i] - local)
+                if take:
+                    out[row, filled : filled + take] = self.file_tokens(i)[local : local + take]
+                filled, local, i = filled + take, 0, i + 1
+        return out
+
+    def max_token(self, limit: int) -> tuple[int, str] | None:
+        """The largest token id among the first `limit` tokens and the file holding it; None if the split
+        is longer than `limit` (its files are then trusted as meta.json describes them)."""
+        if len(self) > limit:
+            return None
+        top, where = -1, ""
+        for i, f in enumerate(self.files):
+            if not f.tokens:
+                continue
+            arr = self.file_tokens(i)
+            for j in range(0, len(arr), 2**24):  # in chunks: about 1 ms per million tokens
+                m = int(arr[j : j + 2**24].max())
+                if m > top:
+                    top, where = m, f.path
+        return top, where
 
 
 def _check_token_range(tokens: Tokens, vocab_size: int, limit: int = 2**28) -> None:

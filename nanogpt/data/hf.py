@@ -191,7 +191,7 @@ def _load_error(spec: str, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return (
         f"cannot load data.dataset={spec!r} ({type(e).__name__}: {first}): check the name (and "
-        "data.dataset_config), download it once with network (datasets caches it), or give local files"
+        "data.subset), download it once with network (datasets caches it), or give local files"
     )
 
 

@@ -5,7 +5,7 @@ the hub's dataset repo `kjj0/fineweb10B-gpt2`: `fineweb_val_000000.bin` (100M to
 `fineweb_train_000001.bin` ... `fineweb_train_000103.bin` (100M tokens each, 10.3B in all; about 200 MB a
 shard), `data.shards=N` of the train shards. `data.shards_dir=<folder>` takes any folder of llm.c shards
 instead (names holding `train` or `val` say the split; `data.shards=N` keeps the first N train shards).
-Either way meta.json lists the shards where they lie (nanogpt/data/shards.py reads them), after every shard's
+Either way meta.json lists the shards where they lie (nanogpt/data/batches.py reads them), after every shard's
 header and token ids were checked: llm.c's version 1 holds GPT-2 tokens, the only kind these shards may hold.
 """
 
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
 from nanogpt.data import llmc
-from nanogpt.data.prepare import finish_dataset
+from nanogpt.data.tokens import finish_dataset
 from nanogpt.errors import UserError
 
 log = logging.getLogger(__name__)

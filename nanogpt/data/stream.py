@@ -7,7 +7,7 @@ end-of-text token, as build-nanogpt's and llm.c's FineWeb scripts do, all concat
 The split: the stream's first `data.val_tokens` tokens are val (100M by default: build-nanogpt's and llm.c's val
 shard 000000, so val losses compare with theirs), the rest is train, up to `data.max_tokens`. Each split is cut
 into llm.c-format shards of exactly `data.shard_tokens` tokens (the last one shorter): val_000000.bin, ...,
-train_000000.bin, ... (nanogpt/data/shards.py reads them as one sequence).
+train_000000.bin, ... (nanogpt/data/batches.py reads them as one sequence).
 
 Resumable: after each shard, progress.json records the shards written and where the stream stands (`datasets`'
 iterator state at the start of the current batch of documents, and how many tokens of that batch are written).
@@ -35,7 +35,7 @@ from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
 from nanogpt.data import hub
 from nanogpt.data import writer as writing
-from nanogpt.data.prepare import finish_dataset
+from nanogpt.data.tokens import finish_dataset
 from nanogpt.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import numpy as np
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
 from nanogpt.data import llmc
-from nanogpt.data.prepare import atomic_write
 from nanogpt.errors import UserError
+from nanogpt.files import atomic_write
 
 log = logging.getLogger(__name__)
 
