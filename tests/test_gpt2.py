@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, run_entry
+from tests.conftest import REPO, TINY, hf_env, run_entry
 
 EOT = 50256
-
-
-def hf_env(tmp: Path) -> dict[str, str]:
-    """`datasets` caches what it loads: keep that cache inside the test's temp dir."""
-    return {"HF_DATASETS_CACHE": str(tmp / "hf-cache")}
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.conftest import OFFLINE_ENV, REPO, TINY, one_line_error, run_dirs, run_entry
 from tests.test_train import free_port, losses, weights
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
+from nanogpt.data import hub
 from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
 from nanogpt.errors import UserError
 
@@ -93,7 +94,7 @@ def prepare_hf_dataset(data: DataConfig, out: str) -> str:
         "dtype": dtype.name,
         **{f"{split}_tokens": counts[split] for split in SPLITS},
         "source": source,
-        "dataset_config": data.dataset_config,
+        "subset": data.subset,
         "text_column": data.text_column,
         "documents": documents,
         "split": {"val_fraction": data.val_fraction, "seed": SPLIT_SEED},
@@ -132,7 +133,7 @@ def load_documents(data: DataConfig, num_proc: int) -> tuple[Dataset, str]:
     spec = data.dataset
     assert spec is not None
     path = os.path.expanduser(spec)
-    config = data.dataset_config
+    config = data.subset
     try:
         if os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json")):
             loaded = datasets.load_from_disk(path)
@@ -149,13 +150,13 @@ def load_documents(data: DataConfig, num_proc: int) -> tuple[Dataset, str]:
             loaded = datasets.load_dataset(builder, data_files=files, **extra)
             source = os.path.abspath(path)
         else:
-            loaded = datasets.load_dataset(spec, config, num_proc=num_proc)
-            source = f"datasets: {spec}" + (f" ({config})" if config else "")
+            loaded, source = hub.load(spec, config, num_proc)
     except UserError:
         raise
     except Exception as e:  # the hub, the network and file parsing fail in many types
         raise UserError(_load_error(spec, e)) from None
     docs = _train_split(loaded, spec)
+    hub.check_conversion(spec, source, len(docs))
     column = data.text_column
     if column not in docs.column_names:
         raise UserError(
@@ -188,15 +189,9 @@ def _builder(files: list[str]) -> str:
 
 def _load_error(spec: str, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if "scripts are no longer supported" in first:
-        return (
-            f"data.dataset={spec!r} is published with a loading script, which datasets>=4 cannot run: "
-            "install datasets<4 for this step, or point data.dataset at its data files (parquet/jsonl) or a copy "
-            "saved with save_to_disk"
-        )
     return (
         f"cannot load data.dataset={spec!r} ({type(e).__name__}: {first}): check the name (and "
-        "data.dataset_config), download it once with network (datasets caches it), or give local files"
+        "data.subset), download it once with network (datasets caches it), or give local files"
     )
 
 

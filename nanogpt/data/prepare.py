@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
@@ -20,7 +21,19 @@ def prepare(data: DataConfig, data_dir: str, force: bool = False) -> str:
     out = dataset_dir(data, data_dir)
     if not force and is_prepared(out):
         log.info("%s is already prepared (force=true rebuilds it)", out)
+        if os.path.exists(os.path.join(out, "progress.json")):  # a kill came between meta.json and its removal
+            from nanogpt.data.writer import forget_progress
+
+            forget_progress(out)
         return out
+    if data.shards_dir is not None or data.shards is not None:
+        from nanogpt.data.pretokenized import prepare_pretokenized
+
+        return prepare_pretokenized(data, out)
+    if data.streaming:
+        from nanogpt.data.stream import prepare_stream  # `datasets` costs a second to import
+
+        return prepare_stream(data, out)
     if data.dataset is not None:
         from nanogpt.data.hf import prepare_hf_dataset  # `datasets` costs a second to import
 

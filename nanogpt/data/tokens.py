@@ -4,8 +4,15 @@
         train.bin  val.bin   the token ids of each split, uint16 (uint32 when the vocabulary needs it)
         meta.json            tokenizer, vocab_size, dtype, token counts per split, source and its sha256
 
+or, for the large sets, shards instead of the two .bin files:
+
+        val_000000.bin train_000000.bin ...   llm.c-format shards (nanogpt/data/llmc.py: a 1024-byte header,
+                                              then the tokens), listed in meta.json's `shards` in order:
+                                              {"train": [{"file": ..., "tokens": n}, ...], "val": [...]}
+
+in the data set's folder or in `meta["shards"]["dir"]` (a folder of pre-tokenized shards used where it lies).
 meta.json is written last and names the token counts, so a data set is complete exactly when meta.json
-exists and the .bin files have the sizes it states.
+exists and its token files have the sizes it states.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from nanogpt.config import DataConfig
+from nanogpt.data import llmc
 from nanogpt.errors import UserError
 from nanogpt.files import atomic_write
 
@@ -39,17 +48,44 @@ def read_meta(path: str) -> dict:
         raise UserError(f"{path} is not prepared (no meta.json): run python prepare.py data=...") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is corrupt ({e}): prepare the data set again with force=true") from None
+    check_files(path, meta)  # train.bin/val.bin, or the shards meta.json lists
+    return meta
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    path: str
+    tokens: int
+    offset: int  # bytes before the first token
+
+
+def split_files(path: str, meta: dict, split: str) -> list[TokenFile]:
+    """The files holding `split`'s tokens, in order."""
+    shards = meta.get("shards")
+    if shards is None:
+        return [TokenFile(os.path.join(path, f"{split}.bin"), meta[f"{split}_tokens"], 0)]
+    root = shards.get("dir") or path
+    return [TokenFile(os.path.join(root, s["file"]), s["tokens"], llmc.HEADER_BYTES) for s in shards[split]]
+
+
+def check_files(path: str, meta: dict) -> None:
+    """Every token file exists with the size meta.json implies (a stat each, no reading)."""
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in SPLITS:
-        bin_path = os.path.join(path, f"{split}.bin")
-        want = meta[f"{split}_tokens"] * itemsize
-        have = os.path.getsize(bin_path) if os.path.exists(bin_path) else -1
-        if have != want:
+        files = split_files(path, meta, split)
+        for f in files:
+            want = f.offset + f.tokens * itemsize
+            have = os.path.getsize(f.path) if os.path.exists(f.path) else -1
+            if have != want:
+                raise UserError(
+                    f"{f.path} has {have} bytes but meta.json says {want} ({f.tokens} tokens): the token files "
+                    "are truncated or stale; prepare the data set again with force=true"
+                )
+        if sum(f.tokens for f in files) != meta[f"{split}_tokens"]:
             raise UserError(
-                f"{bin_path} has {have} bytes but meta.json says {want} ({meta[f'{split}_tokens']} tokens): "
-                "the token files are truncated or stale; prepare the data set again with force=true"
+                f"{os.path.join(path, 'meta.json')} lists {split} shards of {sum(f.tokens for f in files)} tokens "
+                f"but says {meta[f'{split}_tokens']}: prepare the data set again with force=true"
             )
-    return meta
 
 
 def is_prepared(path: str) -> bool:
