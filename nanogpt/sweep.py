@@ -28,7 +28,19 @@ from nanogpt.metrics import read_metrics
 
 log = logging.getLogger("nanogpt")
 
-COLUMNS = ("job", "overrides", "status", "best_val_loss", "last_train_loss", "tokens_per_s", "wall_s", "iter")
+# best_val_bpb: the best val loss in bits per byte of text, the figure that compares runs with different tokenizers
+# (nanogpt/compression.py); empty for data sets prepared before bytes per token were recorded.
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "best_val_loss",
+    "best_val_bpb",
+    "last_train_loss",
+    "tokens_per_s",
+    "wall_s",
+    "iter",
+)
 
 
 @dataclass
@@ -42,6 +54,7 @@ class Job:
     error: str | None = None
     iter: int | None = None
     best_val_loss: float | None = None
+    best_val_bpb: float | None = None
     last_train_loss: float | None = None
     tokens_per_s: float | None = None
     wall_s: float | None = None
@@ -59,10 +72,13 @@ def read_job(path: str) -> Job:
 
     # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
     evals: dict[int, float] = {}
+    bpb: dict[int, float] = {}
     train: dict[int, dict[str, Any]] = {}
     for record in read_metrics(path):
         if record.get("val_loss") is not None:
             evals[record["iter"]] = record["val_loss"]
+        if record.get("val_bpb") is not None:
+            bpb[record["iter"]] = record["val_bpb"]
         if "loss" in record:
             train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
@@ -75,6 +91,7 @@ def read_job(path: str) -> Job:
         error=status.get("error"),
         iter=status.get("iter", max([*train, *evals], default=None)),
         best_val_loss=status.get("best_val_loss", min(evals.values(), default=None)),
+        best_val_bpb=min(bpb.values(), default=None),
         last_train_loss=status.get("last_train_loss", last_train),
         tokens_per_s=round(statistics.median(speeds), 1) if speeds else None,
         wall_s=status.get("wall_s"),
@@ -112,17 +129,9 @@ def write_report(sweep_dir: str) -> list[str]:
     """Write report.md, report.csv and val_loss.png (when matplotlib is installed); returns their paths."""
     jobs = find_jobs(sweep_dir)
     common, varying = _varying(jobs)
+    # The columns after job and overrides are the Job fields of the same names.
     rows = [
-        {
-            "job": j.num,
-            "overrides": " ".join(v),
-            "status": j.status,
-            "best_val_loss": j.best_val_loss,
-            "last_train_loss": j.last_train_loss,
-            "tokens_per_s": j.tokens_per_s,
-            "wall_s": j.wall_s,
-            "iter": j.iter,
-        }
+        {"job": j.num, "overrides": " ".join(v), **{c: getattr(j, c) for c in COLUMNS[2:]}}
         for j, v in zip(jobs, varying, strict=True)
     ]
 
