@@ -147,6 +147,11 @@ class BPETokenizer(_Tiktoken):
             )
         return cls(raw.decode("utf-8"))
 
+    def save(self, folder: str) -> None:
+        from nanogpt.files import atomic_write
+
+        atomic_write(os.path.join(folder, self.FILE), self.definition.encode("utf-8"))
+
     def to_meta(self) -> dict:
         return {"kind": "bpe", "file": self.FILE, "sha256": self.sha256, "vocab_size": self.vocab_size}
 
@@ -225,13 +230,11 @@ def copy_to_run(spec: dict, data_path: str, run_dir: str) -> None:
     export and evaluation need only the run dir. Other tokenizers are described by `spec` alone."""
     if spec.get("kind") != "bpe":
         return
-    from nanogpt.files import atomic_write
-
     tokenizer = BPETokenizer.load(data_path, spec)
     path = os.path.join(run_dir, BPETokenizer.FILE)
     if not os.path.exists(path) or _sha256(path) != tokenizer.sha256:
         os.makedirs(run_dir, exist_ok=True)
-        atomic_write(path, tokenizer.definition.encode("utf-8"))
+        tokenizer.save(run_dir)
 
 
 def _what(folder: str) -> str:

@@ -36,7 +36,6 @@ from nanogpt.compression import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
 from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
 from nanogpt.errors import UserError
-from nanogpt.files import atomic_write
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -88,9 +87,9 @@ def prepare_hf_dataset(data: DataConfig, out: str) -> str:
             )
             log.info("%s: %s tokens from %s documents", split, f"{counts[split]:,}", f"{len(splits[split]):,}")
         if isinstance(tokenizer, tok.BPETokenizer):
-            val = (text for batch in _batches(splits["val"], 64) for text in batch)
+            val = (text for batch in splits["val"].iter(batch_size=64) for text in batch["text"])
             extra["compression"] = compare_with_gpt2(val, tokenizer.encode_ordinary, "bpe")
-            atomic_write(os.path.join(out, tokenizer.FILE), tokenizer.definition.encode("utf-8"))
+            tokenizer.save(out)
         for split in SPLITS:  # the same file system: renames, not copies
             os.replace(tmp[split], os.path.join(out, f"{split}.bin"))
         documents = {split: len(splits[split]) for split in SPLITS}
@@ -126,15 +125,10 @@ def _tokenizer(
 
         train = splits["train"]
         trained_on = f"the train split: {len(train):,} documents of {source}"
-        tokenizer, extra["bpe"] = bpe.train_for_dataset(data, _batches(train, 1000), len(train), trained_on)
+        texts = (batch["text"] for batch in train.iter(batch_size=1000))
+        tokenizer, extra["bpe"] = bpe.train_for_dataset(data, texts, len(train), trained_on)
         return tokenizer, ("bpe", tokenizer.definition)
     return tok.GPT2Tokenizer(), ("gpt2",)
-
-
-def _batches(docs: Dataset, size: int) -> Iterator[list[str]]:
-    """The documents' text, `size` at a time."""
-    for i in range(0, len(docs), size):
-        yield docs[i : i + size]["text"]
 
 
 def _cores() -> int:
@@ -283,13 +277,11 @@ def _init_worker(docs: Dataset, encoder: tuple) -> None:
     _worker["separator_bytes"] = len(DOC_SEPARATOR.encode()) if encoder[0] == "char" else 0
 
 
-def _eot_encoder(
-    encode_ordinary: Callable[[str], list[int]], eot: int, dtype: np.dtype
-) -> Callable[[list[str]], np.ndarray]:
+def _eot_encoder(ordinary: Callable[[str], list[int]], eot: int, dtype: np.dtype) -> Callable[[list[str]], np.ndarray]:
     def encode(texts: list[str]) -> np.ndarray:
         ids: list[int] = []
         for text in texts:
-            ids += encode_ordinary(text)
+            ids += ordinary(text)
             ids.append(eot)
         return np.array(ids, dtype=dtype)
 
@@ -320,9 +312,7 @@ def _texts(start: int, stop: int) -> list[str]:
 def _encode_range(start: int, stop: int) -> tuple[np.ndarray, int]:
     """The tokens of documents start..stop-1, and the UTF-8 bytes of text they stand for."""
     texts = _texts(start, stop)
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    if _worker["separator_bytes"]:
-        n_bytes += len(texts) * _worker["separator_bytes"]
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts) + len(texts) * _worker["separator_bytes"]
     return _worker["encode"](texts), n_bytes
 
 

