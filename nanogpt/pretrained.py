@@ -12,6 +12,7 @@ import shutil
 
 import torch
 
+from nanogpt import tokenizer as tok
 from nanogpt.config import PRETRAINED, ModelConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
@@ -83,12 +84,15 @@ def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name:
     return model
 
 
-def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: dict) -> None:
+def to_huggingface(
+    model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: dict, tokenizer_dir: str | None = None
+) -> None:
     """Write `model` as a Hugging Face GPT-2 folder that `GPT2LMHeadModel.from_pretrained` loads.
 
     The vocabulary padding is trimmed to `vocab_size`; layers trained without biases get zero biases (the
-    same function). GPT-2 BPE models get GPT-2's tokenizer files; character-level models get
-    `char_vocab.json` (the character of each id) instead, since transformers has no character tokenizer.
+    same function). GPT-2 BPE models get GPT-2's tokenizer files; trained BPE models their tokenizer.json (read
+    from `tokenizer_dir`, checked against its recorded hash) as a PreTrainedTokenizerFast; character-level models
+    get `char_vocab.json` (the character of each id) instead, since transformers has no character tokenizer.
     The folder is written under a temporary name and renamed: a kill leaves any previous export intact.
     """
     c = model.config
@@ -102,8 +106,9 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
 
     if not 0 < vocab_size <= c.vocab_size:
         raise ValueError(f"vocab_size {vocab_size} must be in (0, the model's {c.vocab_size}]")
-    bpe = tokenizer_meta.get("kind") == "gpt2"
-    eot = 50256 if bpe else None
+    kind = tokenizer_meta.get("kind")
+    trained = tok.from_meta({"tokenizer": tokenizer_meta}, tokenizer_dir) if kind == "bpe" else None
+    eot = 50256 if kind == "gpt2" else trained.eot_token if trained else None
     hf_cfg = GPT2Config(
         vocab_size=vocab_size,
         n_positions=c.block_size,
@@ -136,8 +141,10 @@ def to_huggingface(model: GPT, vocab_size: int, out_dir: str, tokenizer_meta: di
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf.save_pretrained(tmp)
-        if bpe:
+        if kind == "gpt2":
             _save_gpt2_tokenizer(tmp)
+        elif isinstance(trained, tok.BPETokenizer):
+            _save_trained_tokenizer(trained, tmp, c.block_size)
         else:
             with open(os.path.join(tmp, "char_vocab.json"), "w", encoding="utf-8") as f:
                 json.dump(tokenizer_meta.get("chars"), f, ensure_ascii=False)
@@ -175,3 +182,26 @@ def _save_gpt2_tokenizer(out_dir: str) -> None:
     shutil.copyfile(files["encoder.json"], os.path.join(out_dir, "vocab.json"))
     shutil.copyfile(files["vocab.bpe"], os.path.join(out_dir, "merges.txt"))
     GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024).save_pretrained(out_dir)
+
+
+def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size: int) -> None:
+    """A trained BPE as transformers' fast tokenizer: its tokenizer.json as it is, `<|endoftext|>` as the
+    beginning and end of sequence, and no clean-up of spaces on decoding (ours decodes bytes as they are)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(trained.definition),
+        bos_token=tok.EOT,
+        eos_token=tok.EOT,
+        model_max_length=block_size,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(out_dir)
+    # transformers 5 names the class TokenizersBackend, which 4.x does not know; both load this name.
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)

@@ -13,6 +13,7 @@ from typing import Any
 from nanogpt import checkpoint
 from nanogpt import tokenizer as tok
 from nanogpt.config import ModelConfig, RunConfig
+from nanogpt.data.prepare import check_prepared_as_asked
 from nanogpt.data.tokens import read_meta
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
@@ -26,11 +27,12 @@ class LoadedRun:
     vocab_size: int  # the data's real vocabulary: ids past it are padding, never to be sampled
     checkpoint: str  # the checkpoint folder the weights came from
     info: dict[str, Any]  # that checkpoint's info.json
+    run_dir: str  # a trained BPE's tokenizer.json is there
 
     @functools.cached_property
     def tokenizer(self) -> tok.Tokenizer:
         """Built when first asked for: GPT-2's BPE takes a moment to load, and export does not need it."""
-        return tok.from_meta({"tokenizer": self.info["tokenizer"]})
+        return tok.from_meta({"tokenizer": self.info["tokenizer"]}, self.run_dir)
 
 
 def find_checkpoint(run_dir: str, which: str = "best") -> str:
@@ -49,7 +51,7 @@ def load_run(run_dir: str, which: str = "best") -> LoadedRun:
     info = checkpoint.load_info(ckpt)
     model = GPT(ModelConfig(**info["model"]))
     checkpoint.load_weights(model, ckpt)
-    return LoadedRun(model, info["data_vocab_size"], ckpt, info)
+    return LoadedRun(model, info["data_vocab_size"], ckpt, info, run_dir)
 
 
 def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") -> str:
@@ -60,7 +62,7 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
     run = load_run(run_dir, which)
     ckpt, info, vocab = run.checkpoint, run.info, run.vocab_size
     out = out_dir or os.path.join(run_dir, "huggingface")
-    to_huggingface(run.model, vocab, out, info["tokenizer"])
+    to_huggingface(run.model, vocab, out, info["tokenizer"], run_dir)
     log.info(
         "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
     )
@@ -70,6 +72,8 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
         log.info("trained without biases: the exported biases are zeros (the same function)")
     if info["tokenizer"].get("kind") == "gpt2":
         log.info("with GPT-2's tokenizer: AutoTokenizer.from_pretrained(%r) loads it", out)
+    elif info["tokenizer"].get("kind") == "bpe":
+        log.info("with its trained BPE tokenizer: AutoTokenizer.from_pretrained(%r) loads it", out)
     else:
         log.warning(
             "character-level model: transformers has no character tokenizer, so none is saved; %s maps each id "
@@ -82,6 +86,7 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
 def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
     """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
     meta = read_meta(data_path)
+    check_prepared_as_asked(cfg.data, meta, data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
         saved = ModelConfig(**info["model"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
+import os
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 import torch
@@ -24,7 +27,12 @@ def load_for_sampling(cfg: SampleConfig) -> tuple[GPT, tok.Tokenizer, int]:
         return run.model, run.tokenizer, run.vocab_size
     from nanogpt.pretrained import from_huggingface
 
-    return from_huggingface(cfg.init_from), tok.GPT2Tokenizer(), 50257
+    model = from_huggingface(cfg.init_from)
+    own = os.path.join(cfg.init_from, tok.BPETokenizer.FILE)
+    if model.config.vocab_size != 50257 and os.path.isfile(own):  # a model export.py wrote with its trained BPE
+        with open(own, encoding="utf-8") as f:
+            return model, tok.BPETokenizer(f.read()), model.config.vocab_size
+    return model, tok.GPT2Tokenizer(), 50257
 
 
 def read_prompt(start: str) -> str:
@@ -72,8 +80,6 @@ def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
     generator = torch.Generator(device=prec.device).manual_seed(cfg.seed)
     samples = []
     for _ in range(cfg.num_samples):
-        new: list[int] = []
-        shown = ""
         out.write(tokenizer.decode(ids))
         with autocast():
             stream = model.generate_stream(
@@ -85,21 +91,43 @@ def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
                 vocab_limit=vocab,
                 generator=generator,
             )
-            text = ""
-            for token in stream:
-                new.append(int(token))
-                text = tokenizer.decode(new)
-                stopped = cfg.stop is not None and cfg.stop in text
-                if stopped:
-                    text = text[: text.index(cfg.stop)]
-                # Print whole characters only: a BPE token can end inside a multi-byte one.
-                if stopped or not text.endswith("\ufffd"):
-                    out.write(text[len(shown) :])
-                    out.flush()
-                    shown = text
-                if stopped:
-                    break
-        out.write(text[len(shown) :] + "\n---------------\n")
+            text = _print_stream((int(t) for t in stream), tokenizer, cfg.stop, out)
+        out.write("\n---------------\n")
         out.flush()
         samples.append(text)
     return samples
+
+
+def _print_stream(tokens: Iterator[int], tokenizer: tok.Tokenizer, stop: str | None, out: TextIO) -> str:
+    """Print the text of `tokens` as they come and return it, up to `stop` if it appears.
+
+    A byte-level BPE token can end inside a multi-byte character (a Chinese character is 3 bytes, an emoji 4, and
+    a token may hold only some of them): bytes go through an incremental UTF-8 decoder, which holds back an
+    incomplete character until its last byte arrives, so only whole characters are ever printed. Text that may
+    be the start of `stop` is held back too, until it turns out to be the stop string or not."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, shown = "", 0
+    for token in tokens:
+        text += decoder.decode(tokenizer.token_bytes([token]))
+        if stop:
+            at = text.find(stop, max(0, shown - len(stop)))
+            if at >= 0:
+                text = text[:at]
+                break
+        ready = len(text) - _stop_prefix(text, stop)
+        if ready > shown:
+            out.write(text[shown:ready])
+            out.flush()
+            shown = ready
+    else:
+        text += decoder.decode(b"", final=True)  # bytes that never completed a character: U+FFFD, as decode() does
+    out.write(text[shown:])
+    return text
+
+
+def _stop_prefix(text: str, stop: str | None) -> int:
+    """The length of the longest end of `text` that begins `stop` (and so may grow into it)."""
+    for k in range(min(len(stop or ""), len(text) + 1) - 1, 0, -1):
+        if text.endswith(stop[:k]):  # type: ignore[index]
+            return k
+    return 0

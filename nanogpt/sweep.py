@@ -29,7 +29,19 @@ from nanogpt.metrics import read_metrics
 
 log = logging.getLogger("nanogpt")
 
-COLUMNS = ("job", "overrides", "status", "best_val_loss", "last_train_loss", "tokens_per_s", "wall_s", "iter")
+# best_val_bpb: the best val loss in bits per byte of text, the figure that compares runs with different tokenizers
+# (nanogpt/compression.py); empty for data sets prepared before bytes per token were recorded.
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "best_val_loss",
+    "best_val_bpb",
+    "last_train_loss",
+    "tokens_per_s",
+    "wall_s",
+    "iter",
+)
 
 
 @dataclass
@@ -43,6 +55,7 @@ class Job:
     error: str | None = None
     iter: int | None = None
     best_val_loss: float | None = None
+    best_val_bpb: float | None = None
     last_train_loss: float | None = None
     tokens_per_s: float | None = None
     wall_s: float | None = None
@@ -57,7 +70,7 @@ class Job:
 
 
 # What an evaluation record holds besides the downstream tasks' metrics.
-_EVAL_KEYS = {"iter", "train_loss", "val_loss", "lr", "eval_tasks_s"}
+_EVAL_KEYS = {"iter", "train_loss", "val_loss", "train_bpb", "val_bpb", "lr", "eval_tasks_s"}
 
 
 def read_job(path: str) -> Job:
@@ -72,6 +85,7 @@ def read_job(path: str) -> Job:
     # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
     evals: dict[int, float] = {}
     tasks: dict[str, dict[int, float]] = {}
+    bpb: dict[int, float] = {}
     train: dict[int, dict[str, Any]] = {}
     for record in read_metrics(path):
         if record.get("val_loss") is not None:
@@ -79,6 +93,8 @@ def read_job(path: str) -> Job:
             for key in record.keys() - _EVAL_KEYS:
                 if isinstance(record[key], (int, float)):
                     tasks.setdefault(key, {})[record["iter"]] = record[key]
+        if record.get("val_bpb") is not None:
+            bpb[record["iter"]] = record["val_bpb"]
         if "loss" in record:
             train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
@@ -91,6 +107,7 @@ def read_job(path: str) -> Job:
         error=status.get("error"),
         iter=status.get("iter", max([*train, *evals], default=None)),
         best_val_loss=status.get("best_val_loss", min(evals.values(), default=None)),
+        best_val_bpb=min(bpb.values(), default=None),
         last_train_loss=status.get("last_train_loss", last_train),
         tokens_per_s=round(statistics.median(speeds), 1) if speeds else None,
         wall_s=status.get("wall_s"),
@@ -131,16 +148,12 @@ def write_report(sweep_dir: str) -> list[str]:
     common, varying = _varying(jobs)
     task_columns = sorted({k for j in jobs for k in j.task_curves})  # hellaswag_acc, ... when a job has them
     columns = (*COLUMNS[:4], *task_columns, *COLUMNS[4:])
+    # The columns after job and overrides are the Job fields of the same names, then the tasks' final scores.
     rows = [
         {
             "job": j.num,
             "overrides": " ".join(v),
-            "status": j.status,
-            "best_val_loss": j.best_val_loss,
-            "last_train_loss": j.last_train_loss,
-            "tokens_per_s": j.tokens_per_s,
-            "wall_s": j.wall_s,
-            "iter": j.iter,
+            **{c: getattr(j, c) for c in COLUMNS[2:]},
             **{k: j.task_metric(k) for k in task_columns},
         }
         for j, v in zip(jobs, varying, strict=True)

@@ -1,4 +1,9 @@
-"""Character and GPT-2 BPE tokenizers behind one small interface, chosen from a data set's meta.json."""
+"""Character, GPT-2 BPE and trained BPE tokenizers behind one small interface, chosen from a data set's meta.json.
+
+Every tokenizer has `vocab_size`, `eot_token` (None for characters), `encode` (the special `<|endoftext|>` text is
+the end-of-text token, as in a prompt), `encode_ordinary` (it is plain text, as in a document), `decode`,
+`token_bytes` (the UTF-8 bytes of tokens, for decoding a stream without splitting a character) and `to_meta`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 from nanogpt.errors import UserError
 
@@ -27,7 +32,11 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
     def decode(self, ids: list[int]) -> str: ...
+
+    def token_bytes(self, ids: list[int]) -> bytes: ...
 
     def to_meta(self) -> dict: ...
 
@@ -55,21 +64,24 @@ class CharTokenizer:
                 f"{self.vocab_size}: use only characters seen in its training text"
             ) from None
 
+    encode_ordinary = encode  # no special tokens
+
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i] for i in ids if 0 <= i < self.vocab_size)
+
+    def token_bytes(self, ids: list[int]) -> bytes:
+        return self.decode(ids).encode("utf-8")
 
     def to_meta(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
 
-class GPT2Tokenizer:
-    """OpenAI's GPT-2 byte-level BPE (50257 tokens, end-of-text 50256) through tiktoken."""
+class _Tiktoken:
+    """A byte-level BPE run by tiktoken (`self.enc`): what GPT-2's and a trained BPE share."""
 
-    vocab_size = 50257
-    eot_token = 50256
-
-    def __init__(self):
-        self.enc = gpt2_encoding()
+    enc: Any
+    vocab_size: int
+    eot_token: int
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode(text, allowed_special={EOT})
@@ -81,8 +93,67 @@ class GPT2Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode([i for i in ids if 0 <= i < self.vocab_size])
 
+    def token_bytes(self, ids: list[int]) -> bytes:
+        return self.enc.decode_bytes([i for i in ids if 0 <= i < self.vocab_size])
+
+
+class GPT2Tokenizer(_Tiktoken):
+    """OpenAI's GPT-2 byte-level BPE (50257 tokens, end-of-text 50256) through tiktoken."""
+
+    vocab_size = 50257
+    eot_token = 50256
+
+    def __init__(self):
+        self.enc = gpt2_encoding()
+
     def to_meta(self) -> dict:
         return {"kind": "gpt2"}
+
+
+class BPETokenizer(_Tiktoken):
+    """A byte-level BPE trained on the data set's own text (nanogpt/bpe.py), defined by the tokenizer.json text
+    `definition`, run by tiktoken as GPT-2's is."""
+
+    FILE = "tokenizer.json"
+
+    def __init__(self, definition: str):
+        from nanogpt import bpe
+
+        self.definition = definition
+        self.sha256 = hashlib.sha256(definition.encode("utf-8")).hexdigest()
+        self.enc = bpe.tiktoken_encoding(definition)
+        self.vocab_size = self.enc.n_vocab
+        self.eot_token = self.enc.eot_token
+
+    @classmethod
+    def load(cls, folder: str, spec: dict) -> BPETokenizer:
+        """The tokenizer.json in `folder` (a data set's or a run's), checked against the sha256 that meta.json
+        or the checkpoint recorded."""
+        path = os.path.join(folder, cls.FILE)
+        recorded = str(spec.get("sha256"))
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise UserError(
+                f"{path} is missing: it is the trained BPE tokenizer (sha256 {recorded[:12]}...) of this "
+                f"{_what(folder)}; {_remedy(folder)}"
+            ) from None
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != recorded:
+            raise UserError(
+                f"{path} is not the tokenizer this {_what(folder)} was made with (sha256 {digest[:12]}..., recorded "
+                f"{recorded[:12]}...): {_remedy(folder)}"
+            )
+        return cls(raw.decode("utf-8"))
+
+    def save(self, folder: str) -> None:
+        from nanogpt.files import atomic_write
+
+        atomic_write(os.path.join(folder, self.FILE), self.definition.encode("utf-8"))
+
+    def to_meta(self) -> dict:
+        return {"kind": "bpe", "file": self.FILE, "sha256": self.sha256, "vocab_size": self.vocab_size}
 
 
 @functools.cache
@@ -154,11 +225,41 @@ def _offline_gpt2_encoding():
     )
 
 
-def from_meta(meta: dict) -> Tokenizer:
-    """The tokenizer a data set's meta.json describes."""
+def copy_to_run(spec: dict, data_path: str, run_dir: str) -> None:
+    """Give a run dir its own copy of a trained BPE's tokenizer.json (checked against `spec`), so that sampling,
+    export and evaluation need only the run dir. Other tokenizers are described by `spec` alone."""
+    if spec.get("kind") != "bpe":
+        return
+    tokenizer = BPETokenizer.load(data_path, spec)
+    path = os.path.join(run_dir, BPETokenizer.FILE)
+    if not os.path.exists(path) or _sha256(path) != tokenizer.sha256:
+        os.makedirs(run_dir, exist_ok=True)
+        tokenizer.save(run_dir)
+
+
+def _what(folder: str) -> str:
+    return "data set" if os.path.exists(os.path.join(folder, "meta.json")) else "run"
+
+
+def _remedy(folder: str) -> str:
+    if _what(folder) == "data set":
+        return "prepare the data set again with force=true"
+    return "copy the tokenizer.json of the data set the run was trained on (<data_dir>/<data.name>/) into the run dir"
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def from_meta(meta: dict, folder: str | None = None) -> Tokenizer:
+    """The tokenizer a data set's meta.json (or a checkpoint's info) describes; a trained BPE is read from its
+    tokenizer.json in `folder`, the data set's or the run's dir."""
     spec = meta.get("tokenizer", {})
     if spec.get("kind") == "char":
         return CharTokenizer(spec["chars"])
     if spec.get("kind") == "gpt2":
         return GPT2Tokenizer()
+    if spec.get("kind") == "bpe" and folder is not None:
+        return BPETokenizer.load(folder, spec)
     raise UserError(f"meta.json names an unknown tokenizer {spec!r}: prepare the data set again")

