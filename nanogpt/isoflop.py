@@ -146,11 +146,11 @@ def report(points: list[Point], sweep_dir: str) -> tuple[list[str], list[str]]:
         "",
         "## Scaling: IsoFLOP profiles",
         "",
-        "N: parameters as the FLOPs count them (no position table); D: training tokens; C: training FLOPs, "
+        "N: parameters as the FLOPs count them (the head, no lookup tables); D: training tokens; C: training FLOPs, "
         "6N + attention per token times D. Each budget's final val losses are fitted with a parabola in ln N; its "
         "vertex is the compute-optimal N, and D_opt the tokens a model of that size trains on within the budget.",
         "",
-        "| budget C | finished jobs | N_opt | D_opt | D_opt / N_opt | val loss at N_opt | |",
+        "| budget C | finished jobs | N_opt | D_opt | D_opt / N_opt | val loss at N_opt | note |",
         "|---|---|---|---|---|---|---|",
     ]
     for f in a.fits:
@@ -166,10 +166,16 @@ def report(points: list[Point], sweep_dir: str) -> tuple[list[str], list[str]]:
             f"budgets, {min(span):.3g} to {max(span):.3g} FLOPs; Chinchilla: about 0.5 and 0.5).",
         ]
     paths = plot(a, sweep_dir)
-    lines += [f"\n![{os.path.splitext(os.path.basename(p))[0]}]({os.path.basename(p)})" for p in paths]
+    for path in paths:
+        lines += ["", f"![{os.path.splitext(os.path.basename(path))[0]}]({os.path.basename(path)})"]
     if a.warnings:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in a.warnings]
-    lines += ["", "| job | budget C | depth | N | D | C spent | val loss | tokens/s | status |", "|" + "---|" * 9]
+    return lines + _jobs_table(points), paths
+
+
+def _jobs_table(points: list[Point]) -> list[str]:
+    """Every job, failed and unfinished ones included, by budget and size."""
+    lines = ["", "| job | budget C | depth | N | D | C spent | val loss | tokens/s | status |", "|" + "---|" * 9]
     for p in sorted(points, key=lambda p: (p.budget, p.params or 0, int(p.job) if p.job.isdigit() else 0)):
         cells = [
             p.job,
@@ -183,7 +189,7 @@ def report(points: list[Point], sweep_dir: str) -> tuple[list[str], list[str]]:
             p.status,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines, paths
+    return lines
 
 
 def _si(x: float | None) -> str:

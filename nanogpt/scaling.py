@@ -37,7 +37,7 @@ class Plan:
     n_head: int
     n_embd: int
     vocab_size: int
-    params: int  # N as the FLOPs count it: GPT.num_params(), the position table left out
+    params: int  # N as the FLOPs count it: GPT.num_params(), without lookup tables (positions, an untied input)
     flops_per_token: float  # 6N + attention (GPT.flops_per_token)
     tokens_per_step: int  # batch_size x grad_accum x block_size
     max_iters: int
