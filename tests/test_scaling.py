@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from nanogpt import isoflop, scaling
+from nanogpt import isoflop, optim, scaling
 from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig, validate
 from nanogpt.errors import UserError
 from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
@@ -101,12 +101,20 @@ def test_tokens_budget_and_depth_dial():
     assert scaling.resolve(run_config({}), 65)[0].train.max_iters == DEFAULT_MAX_ITERS
 
 
-def test_warmup_longer_than_a_budget_run_is_clamped_with_a_warning(caplog):
-    cfg, plan = scaling.resolve(
-        run_config(dict(depth=1, aspect_ratio=16, head_dim=16), tokens_budget=12 * 1024 * 5), 65
-    )
-    assert plan.max_iters == 5 and cfg.optim.warmup_iters == 5
-    assert "optim.warmup_iters=2000 is longer than the run's 5 steps" in caplog.text
+def test_the_schedule_follows_a_budget_run(caplog):
+    model = dict(depth=1, aspect_ratio=16, head_dim=16)
+    cfg, plan = scaling.resolve(run_config(model, tokens_budget=12 * 1024 * 50), 65)
+    assert plan.max_iters == 50
+    # A warmup longer than the run is fitted to it, as for any short run; the cosine ends with the run.
+    o = optim.fit_schedule(cfg.optim, cfg.train.max_iters)
+    assert o.warmup_iters == 50 and "optim.warmup_iters=2000 is longer than the run" in caplog.text
+    o = dataclasses.replace(o, warmup_iters=10)
+    assert optim.lr_factor(49, o, 50) > o.min_lr / o.lr and optim.lr_factor(50, o, 50) == o.min_lr / o.lr
+    # An explicit decay length that is not the budget's is kept, with a warning.
+    cfg = run_config(model, tokens_budget=12 * 1024 * 50)
+    cfg.optim = dataclasses.replace(cfg.optim, warmup_iters=10, lr_decay_iters=40)
+    assert scaling.resolve(cfg, 65)[0].optim.lr_decay_iters == 40
+    assert "optim.lr_decay_iters=40 with a budget of 50 steps" in caplog.text
 
 
 @pytest.mark.parametrize(
