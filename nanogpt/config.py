@@ -8,6 +8,7 @@ these objects and never touches Hydra.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ TOKENIZERS = ("char", "gpt2", "bpe")
 # space), whitespace runs kept apart from the word that follows them. BPE merges never cross these pieces.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 BPE_MIN_VOCAB = 257  # the 256 byte tokens and <|endoftext|>
+DEFAULT_MAX_ITERS = 600_000  # train.max_iters when neither it nor a budget is given (nanoGPT's GPT-2 run)
 
 
 @dataclass
@@ -43,6 +45,11 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head shares the token embedding's weights, as GPT-2
     zero_init_proj: bool = False  # start each block's output projections (attn and MLP c_proj) at zero
     zero_init_head: bool = False  # start the output head at zero (needs tie_embeddings=false)
+    # One dial for a family of shapes, as nanochat's --depth (nanogpt/scaling.py): with depth set, n_layer = depth,
+    # n_embd = depth x aspect_ratio (a whole number of heads) and n_head = n_embd / head_dim, replacing the three.
+    depth: int | None = None  # None: n_layer, n_head and n_embd as given
+    aspect_ratio: int = 64  # with depth: residual width per layer
+    head_dim: int = 64  # with depth: channels per attention head
 
     def non_gpt2_options(self) -> list[str]:
         """The modern options set, as `key=value`, that Hugging Face's GPT-2 cannot express. Untied
@@ -128,7 +135,10 @@ class LoggerConfig:
 class TrainConfig:
     """The training loop."""
 
-    max_iters: int = 600_000  # optimizer steps
+    # The run's length: max_iters, or a compute budget that sets it (nanogpt/scaling.py), never both.
+    max_iters: int | None = None  # optimizer steps; None: what a budget below buys, else DEFAULT_MAX_ITERS
+    flops_budget: float | None = None  # training FLOPs to spend: 6N + attention per token (GPT.flops_per_token)
+    tokens_budget: float | None = None  # or training tokens to see; each budget is spent to within half a step
     batch_size: int = 12  # sequences per micro-batch on each process
     grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
@@ -242,6 +252,7 @@ def validate(cfg: Any) -> None:
     if isinstance(cfg, RunConfig):
         _check_model(cfg.model)
         _check_modern(cfg)
+        _check_length(cfg)
         _check_train(cfg.train, cfg.optim)
         _check_optim(cfg.optim)
         _check(cfg.logger.name in ("none", "wandb"), f"logger.name={cfg.logger.name!r}: use none or wandb")
@@ -274,7 +285,6 @@ def _check_model(m: ModelConfig) -> None:
 
 
 def _check_train(t: TrainConfig, o: OptimConfig) -> None:
-    _check(t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
     _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
     _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
     _check(t.eval_interval > 0, f"train.eval_interval={t.eval_interval} must be > 0")
@@ -315,14 +325,53 @@ def _check_sample(cfg: SampleConfig) -> None:
     _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
 
 
+def _check_length(cfg: RunConfig) -> None:
+    """The depth dial and the run's length: max_iters or one budget (nanogpt/scaling.py derives the rest)."""
+    m, t = cfg.model, cfg.train
+    _check(m.aspect_ratio > 0, f"model.aspect_ratio={m.aspect_ratio} must be > 0")
+    _check(m.head_dim > 0, f"model.head_dim={m.head_dim} must be > 0")
+    if m.depth is not None:
+        width = m.depth * m.aspect_ratio
+        _check(m.depth > 0, f"model.depth={m.depth} must be > 0")
+        if width % m.head_dim:
+            step = m.head_dim // math.gcd(m.aspect_ratio, m.head_dim)  # depths giving whole heads: its multiples
+            raise UserError(
+                f"model.depth={m.depth} gives a width of {m.depth} x model.aspect_ratio={m.aspect_ratio} = {width}, "
+                f"not a multiple of model.head_dim={m.head_dim}: use a depth that is a multiple of {step} "
+                f"(or an aspect_ratio that is a multiple of {m.head_dim})"
+            )
+        _check(
+            cfg.init_from == "scratch",
+            f"model.depth sets the shape, but init_from={cfg.init_from} brings its own: drop model.depth",
+        )
+    _check(t.max_iters is None or t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
+    budgets = [(f"train.{k}={v:g}", v) for k in ("flops_budget", "tokens_budget") if (v := getattr(t, k)) is not None]
+    if not budgets:
+        return
+    name = budgets[0][0]
+    for named, value in budgets:
+        _check(value > 0, f"{named} must be > 0")
+    if len(budgets) > 1:
+        raise UserError(f"{name} and {budgets[1][0]} both set the run's length: keep one")
+    _check(
+        t.max_iters is None,
+        f"train.max_iters={t.max_iters} and {name} both set the run's length: keep one "
+        "(train.max_iters=null lets the budget decide)",
+    )
+    _check(
+        cfg.init_from == "scratch",
+        f"{name} sizes a run trained from scratch, but init_from={cfg.init_from}: set train.max_iters to finetune",
+    )
+
+
 def _check_modern(cfg: RunConfig) -> None:
     """The modern model options and Muon's settings."""
     m, o = cfg.model, cfg.optim
     _check(m.activation in ("gelu", "relu2"), f"model.activation={m.activation!r}: use gelu or relu2")
-    head_dim = m.n_embd // max(m.n_head, 1)
+    head_dim = m.head_dim if m.depth is not None else m.n_embd // max(m.n_head, 1)
     _check(
         not m.rotary or head_dim % 2 == 0,
-        f"model.rotary=true needs an even head size; n_embd/n_head is {head_dim}: change model.n_embd or n_head",
+        f"model.rotary=true needs an even head size; it is {head_dim}: change model.n_embd, n_head or head_dim",
     )
     _check(m.rope_base > 0, f"model.rope_base={m.rope_base} must be > 0")
     _check(

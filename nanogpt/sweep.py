@@ -3,8 +3,10 @@ tasks in training, speed, wall time) and its val loss curves, with the downstrea
 
     python -m nanogpt.sweep multirun/<date>/<time>
 
-writes report.md, report.csv and val_loss.png into that dir. Hydra's multirun layout is the input: each job dir
-holds `.hydra/overrides.yaml`, `status.json` (nanogpt/cli.py) and `metrics.jsonl` (nanogpt/metrics.py).
+writes report.md, report.csv and val_loss.png into that dir; when the jobs carry FLOPs budgets (train.flops_budget),
+report.md adds the IsoFLOP analysis (nanogpt/isoflop.py) with isoflop.png and frontier.png. Hydra's multirun
+layout is the input: each job dir holds `.hydra/overrides.yaml` and `config.yaml`, `status.json` (nanogpt/cli.py),
+`metrics.jsonl` (nanogpt/metrics.py) and `plan.json` (nanogpt/scaling.py).
 `ReportCallback`, registered under `hydra.callbacks` in conf/train.yaml, writes the report when a sweep ends.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nanogpt import isoflop
 from nanogpt.errors import UserError, exit_on_user_error
 from nanogpt.files import atomic_write_text
 from nanogpt.metrics import read_metrics
@@ -60,6 +63,10 @@ class Job:
     tokens_per_s: float | None = None
     wall_s: float | None = None
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    val_loss: float | None = None  # at the end of training
+    flops_budget: float | None = None  # the job's train.flops_budget
+    depth: int | None = None  # and its model.depth
+    plan: dict[str, Any] = field(default_factory=dict)  # plan.json (nanogpt/scaling.py): N, D, C
     # Downstream tasks scored during training (train.eval_tasks): metric (hellaswag_acc, ...) -> [(iter, value)].
     task_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -77,10 +84,7 @@ def read_job(path: str) -> Job:
     """A job dir's overrides, final status and metrics; a job that never wrote them is reported as such."""
     overrides_file = os.path.join(path, ".hydra", "overrides.yaml")
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if os.path.isfile(overrides_file) else []
-    status: dict[str, Any] = {}
-    if os.path.isfile(os.path.join(path, "status.json")):
-        with open(os.path.join(path, "status.json")) as f:
-            status = json.load(f)
+    status = _read_json(os.path.join(path, "status.json"))
 
     # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
     evals: dict[int, float] = {}
@@ -98,6 +102,8 @@ def read_job(path: str) -> Job:
         if "loss" in record:
             train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
+    config_file = os.path.join(path, ".hydra", "config.yaml")
+    config = OmegaConf.load(config_file) if os.path.isfile(config_file) else OmegaConf.create()
     last_train = train[max(train)].get("loss") if train else None
     return Job(
         num=os.path.basename(path),
@@ -113,7 +119,18 @@ def read_job(path: str) -> Job:
         wall_s=status.get("wall_s"),
         val_curve=sorted(evals.items()),
         task_curves={k: sorted(v.items()) for k, v in sorted(tasks.items())},
+        val_loss=status.get("val_loss", evals[max(evals)] if evals else None),
+        flops_budget=OmegaConf.select(config, "train.flops_budget"),
+        depth=OmegaConf.select(config, "model.depth"),
+        plan=_read_json(os.path.join(path, "plan.json")),
     )
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def find_jobs(sweep_dir: str) -> list[Job]:
@@ -187,8 +204,27 @@ def write_report(sweep_dir: str) -> list[str]:
     if plot:
         lines += ["", "![val loss](val_loss.png)"]
         written.append(plot)
+    if any(j.flops_budget is not None for j in jobs):
+        scaling_lines, plots = isoflop.report([_point(j) for j in jobs if j.flops_budget is not None], sweep_dir)
+        lines += scaling_lines
+        written += plots
     written.insert(0, _write(os.path.join(sweep_dir, "report.md"), "\n".join(lines) + "\n"))
     return written
+
+
+def _point(j: Job) -> isoflop.Point:
+    """A job as the IsoFLOP analysis sees it: its budget, N, D and C from plan.json, its final val loss."""
+    return isoflop.Point(
+        job=j.num,
+        budget=float(j.flops_budget or 0),
+        status=j.status,
+        params=j.plan.get("params"),
+        tokens=j.plan.get("tokens"),
+        flops=j.plan.get("flops"),
+        val_loss=j.val_loss,
+        tokens_per_s=j.tokens_per_s,
+        depth=j.depth,
+    )
 
 
 def _write(path: str, text: str) -> str:

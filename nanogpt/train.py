@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, distributed, optim, runs
+from nanogpt import checkpoint, distributed, optim, runs, scaling
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.compression import bits_per_byte
 from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
-from nanogpt.data.tokens import SPLITS, dataset_dir
+from nanogpt.data.tokens import SPLITS, dataset_dir, read_meta
 from nanogpt.errors import FailedDuringTraining, UserError
 from nanogpt.eval.loop import TrainingTasks
 from nanogpt.metrics import MetricsLog
@@ -127,8 +127,14 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
         raise UserError(
             f"train.grad_accum={train_cfg.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
-    cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, train_cfg.max_iters, train_cfg.eval_only))
     data_path = _prepared_data(cfg, dist)
+    # The run's shape and length (model.depth, a compute budget), once the data's vocabulary is known.
+    cfg, plan = scaling.resolve(cfg, read_meta(data_path)["vocab_size"])
+    train_cfg = cfg.train
+    cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, train_cfg.max_iters, train_cfg.eval_only))
+    if dist.is_main and plan is not None:
+        log.info("plan: %s", scaling.describe(plan))
+        scaling.write_plan(run_dir, plan)
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw_model, info = runs.build_model(cfg, ckpt, data_path)

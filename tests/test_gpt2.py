@@ -208,10 +208,14 @@ def test_presets_match_nanogpt_configs():
     assert (o.lr, o.min_lr, o.warmup_iters, o.weight_decay, o.beta2) == (6e-4, 6e-5, 2000, 0.1, 0.95)
     assert owt.device.device == "cuda" and owt.device.compile
 
-    # The short spelling is the same run, but for the device, the name and HellaSwag in the loop.
+    # The short spelling is the same run, but for the device, the name and HellaSwag in the loop (its max_iters is
+    # the default's, as the run derives it: nanogpt/scaling.py).
+    from nanogpt.scaling import resolve
+
     short = compose("model=gpt2", "data=owt")
-    same_loop = dataclasses.replace(owt.train, eval_tasks=[], eval_tasks_interval=None)
-    assert (short.model, short.data, short.train) == (owt.model, owt.data, same_loop)
+    short_run, owt_run = resolve(short, 50257)[0], resolve(owt, 50257)[0]
+    same_loop = dataclasses.replace(owt_run.train, eval_tasks=[], eval_tasks_interval=None)
+    assert (short_run.model, short_run.data, short_run.train) == (owt_run.model, owt_run.data, same_loop)
     assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == o.lr and short.optim.min_lr == o.min_lr
 
     for name, layers in (("gpt2", 12), ("gpt2_medium", 24), ("gpt2_large", 36), ("gpt2_xl", 48)):
