@@ -116,8 +116,13 @@ class DeviceConfig:
 
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto: bf16 on GPUs and AMX CPUs, fp16 on older GPUs, else fp32 | float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model; null: on CUDA GPUs only (experiment=shakespeare_char, like nanoGPT's GPU figure), where
+    # it pays for itself within minutes; on CPUs and MPS it does not in a short run (docs/BENCHMARKS.md).
+    compile: bool | None = False
     matmul_tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
+    # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name
+    # (nanogpt/device.py's table; no MFU where unknown). Set it for a GPU missing from the table.
+    peak_tflops: float | None = None
 
 
 @dataclass
@@ -427,6 +432,7 @@ def _check_device(d: DeviceConfig) -> None:
         d.dtype in ("auto", "float32", "bfloat16", "float16"),
         f"device.dtype={d.dtype!r}: use auto, float32, bfloat16 or float16",
     )
+    _check(d.peak_tflops is None or d.peak_tflops > 0, f"device.peak_tflops={d.peak_tflops} must be > 0 (or null)")
 
 
 def _check_data(d: DataConfig) -> None:

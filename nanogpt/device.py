@@ -12,12 +12,18 @@ from nanogpt.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets (no sparsity).
+# Dense bf16/fp16 tensor-core peaks in FLOP/s per GPU, from the vendors' data sheets (no sparsity). The first key
+# found in the GPU's name wins, so a variant comes before its family (H100 NVL before H100).
+# H100 NVL and H200 NVL: NVIDIA's H100 and H200 product pages list "BF16 Tensor Core 1,671 TFLOPS" per GPU for the
+# NVL (PCIe, NVLink-bridged) boards, a figure with 2:4 sparsity, so 835 TFLOPS dense; the SXM boards list 1,979
+# (989 dense). Set device.peak_tflops for a GPU missing here.
 _PEAK_FLOPS = [
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM and NVL
+    ("H200 NVL", 835e12),
     ("GH200", 989e12),
+    ("H200", 989e12),  # SXM
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
@@ -37,6 +43,8 @@ _PEAK_FLOPS = [
 class Precision:
     device: torch.device
     dtype: torch.dtype  # the compute dtype of autocast; float32 means no autocast
+    compile: bool = False  # torch.compile the model (device.compile, resolved for this device)
+    peak_tflops: float | None = None  # device.peak_tflops: one device's peak, instead of the table's
 
     @property
     def device_type(self) -> str:
@@ -61,7 +69,9 @@ class Precision:
         return self.dtype == torch.float16
 
     def peak_flops(self) -> float | None:
-        """The device's peak FLOP/s in this dtype, or None where we do not know it (then: no MFU)."""
+        """One device's peak FLOP/s in this dtype, or None where we do not know it (then: no MFU)."""
+        if self.peak_tflops is not None:
+            return self.peak_tflops * 1e12
         if self.device.type != "cuda" or self.dtype == torch.float32:
             return None
         name = torch.cuda.get_device_name(self.device)
@@ -92,24 +102,44 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device.device={cfg.device} but MPS is not available here: use device=cpu or auto")
     if kind == "cuda":
-        index = local_rank if local_rank is not None else (int(cfg.device.split(":")[1]) if ":" in cfg.device else 0)
-        device = torch.device("cuda", index)
+        device = torch.device("cuda", _gpu_index(cfg.device, local_rank))
         torch.cuda.set_device(device)
     else:
         device = torch.device(kind)
 
+    # Native bf16 only: torch counts emulated bf16 (pre-Ampere GPUs: T4, V100) as supported by default, and there
+    # it is slow, without flash attention; those GPUs train in fp16 with a grad scaler instead.
+    cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if cfg.dtype == "auto":
         # CPUs with AMX tiles run bf16 matmuls ~6x faster than fp32 (measured on a Sapphire Rapids core, see
         # docs/BENCHMARKS.md); CPUs without bf16 units emulate them, far slower than fp32, and stay fp32.
-        bf16_ok = torch.cuda.is_bf16_supported() if kind == "cuda" else kind == "cpu" and cpu_has_amx()
+        bf16_ok = cuda_bf16 if kind == "cuda" else kind == "cpu" and cpu_has_amx()
         dtype = torch.bfloat16 if bf16_ok else (torch.float16 if kind == "cuda" else torch.float32)
     else:
         dtype = DTYPES[cfg.dtype]
-    if kind == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise UserError("device.dtype=bfloat16 but this GPU cannot do bf16: use device.dtype=float16")
+    if kind == "cuda" and dtype == torch.bfloat16 and not cuda_bf16:
+        raise UserError("device.dtype=bfloat16 but this GPU has no native bf16 (pre-Ampere): use device.dtype=float16")
     if kind == "cpu" and dtype == torch.float16:
         raise UserError("device.dtype=float16 is not supported for training on CPU: use float32 or bfloat16")
     if kind == "cuda" and cfg.matmul_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Precision(device, dtype)
+    compile = cfg.compile if cfg.compile is not None else kind == "cuda"
+    return Precision(device, dtype, compile, cfg.peak_tflops)
+
+
+def _gpu_index(device: str, local_rank: int | None) -> int:
+    """The GPU of this process: cuda:N as asked, else, launched as several processes, the one of its local rank.
+    torchrun shows every process all the node's GPUs (ours is cuda:<local rank>); Slurm binding one GPU per task
+    (--gpus-per-task, or CUDA_VISIBLE_DEVICES set per task) shows each task only its own, as cuda:0."""
+    if local_rank is None:
+        return int(device.split(":")[1]) if ":" in device else 0
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise UserError(
+            f"process {local_rank} of this node sees {visible} GPUs: launch at most one process per GPU "
+            "(torchrun --nproc-per-node, or Slurm's --ntasks-per-node / --gpus-per-task)"
+        )
+    return local_rank

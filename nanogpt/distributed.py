@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nanogpt.device import Precision
+
 log = logging.getLogger("nanogpt")
 
 # A checkpoint's optimizer states are one state dict per optimizer, or, gathered from FSDP shards (which hold
@@ -109,25 +111,60 @@ def teardown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, parallel: str, d: Dist, device: torch.device) -> torch.nn.Module:
-    """The module to train: `model` itself on one process, else its DDP or FSDP wrap."""
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """Whether `flag` is true on any process (a collective: every rank calls it)."""
     if not d.enabled:
-        return model
-    if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
-        # One shard group per block, so only one block's full weights exist at a time; then the rest.
-        for block in model.transformer.h:
-            fully_shard(block)
-        return fully_shard(model)
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+def wrap(model: torch.nn.Module, parallel: str, d: Dist, precision: Precision) -> torch.nn.Module:
+    """The module a step calls: `model` itself on one process, else its DDP or FSDP wrap; compiled as asked."""
+    if d.enabled and parallel == "fsdp":
+        return _fully_shard(model, d, precision)
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # No buffer broadcast before every forward: the model's only buffers (the rotary tables) are computed from
+        # the config, the same on every rank.
+        device = precision.device
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    return torch.compile(model) if precision.compile else model
+
+
+def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch.nn.Module:
+    """FSDP2, one shard group per block (only one block's full weights exist at a time), then the rest. Rank 0
+    holds the whole model; the other ranks may hold it on the meta device (train._build_model): they allocate only
+    their shards, which are filled from rank 0's weights, so every rank starts from the same ones."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    whole = model.state_dict() if d.is_main else {}
+    # Under bf16/fp16 autocast the weights are gathered in that dtype (half the traffic of fp32; autocast would cast
+    # them at every op anyway) and the gradients reduced in fp32. The fp32 shards stay what the optimizer updates.
+    low = precision.dtype if precision.dtype != torch.float32 else None
+    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32 if low is not None else None)
+    for block in model.transformer.h:
+        if precision.compile:
+            # Each block compiled in place, before sharding: FSDP's hooks between blocks would cut a whole-model
+            # graph at every block anyway, and the parameter names (and so the checkpoints) stay the same.
+            block.compile()
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=precision.device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # not persistent (rotary tables), so not in the state dict
+        dist.broadcast(buffer, src=0)
+    return model
 
 
 @contextlib.contextmanager
 def gradient_sync(wrapped: torch.nn.Module, enabled: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on accumulation micro-steps."""
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on accumulation micro-steps. Put the forward
+    AND the backward inside: FSDP2 reads its flag during the backward (DDP when the forward runs)."""
     if not enabled and hasattr(wrapped, "no_sync"):  # DDP
         with wrapped.no_sync():
             yield
@@ -188,6 +225,8 @@ def gather_rng_states(d: Dist, device: torch.device) -> list[dict[str, torch.Ten
     mine = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         mine["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        mine["mps"] = torch.mps.get_rng_state()
     if not d.enabled:
         return [mine]
     states: list[Any] = [None] * d.world_size
@@ -200,6 +239,9 @@ def set_rng_state(states: list[dict[str, torch.Tensor]], d: Dist, device: torch.
     if len(states) != d.world_size:
         log.warning("resuming on %d processes, saved with %d: dropout draws will differ", d.world_size, len(states))
         return
-    torch.set_rng_state(states[d.rank]["cpu"])
-    if device.type == "cuda" and "cuda" in states[d.rank]:
-        torch.cuda.set_rng_state(states[d.rank]["cuda"], device)
+    mine = states[d.rank]
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    elif device.type == "mps" and "mps" in mine:
+        torch.mps.set_rng_state(mine["mps"])

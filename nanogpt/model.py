@@ -299,8 +299,11 @@ class GPT(nn.Module):
         temperature 0 is greedy; ids at or above `vocab_limit` (vocabulary padding) are never drawn.
         """
         block = self.config.block_size
-        p = next(self.parameters())
-        cache = KVCache(self.config, idx.size(0), idx.device, p.dtype)
+        # Keys and values are cached in the dtype they are computed in: the weights', or autocast's (fp16 or bf16
+        # over fp32 weights), so that attention does not recast the whole cache at every token.
+        kind = idx.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(self.parameters()).dtype
+        cache = KVCache(self.config, idx.size(0), idx.device, dtype)
         logits, _ = self(idx[:, -block:], cache=cache, last_only=True)
         for i in range(max_new_tokens):
             next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)

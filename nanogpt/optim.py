@@ -56,28 +56,43 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
 def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], model: torch.nn.Module) -> None:
     """Restore optimizer moments and step counts from a checkpoint, keeping the hyperparameters (lr, betas,
     weight decay...) of the current config: a resumed run may change them, e.g. `resume=<dir> optim.lr=1e-4`."""
-    from nanogpt.distributed import is_gathered_optim_state, is_sharded, load_sharded_optimizer_state
+    from nanogpt import distributed
 
-    configured = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in optimizers]
-    saved_sharded, sharded = is_gathered_optim_state(states), is_sharded(model)
+    saved_sharded, sharded = distributed.is_gathered_optim_state(states), distributed.is_sharded(model)
     if saved_sharded != sharded:
         raise UserError(
             f"the checkpoint was written {'with' if saved_sharded else 'without'} FSDP: resume it "
             f"{'with train.parallel=fsdp on several processes' if saved_sharded else 'without train.parallel=fsdp'}"
         )
-    if sharded:
-        load_sharded_optimizer_state(model, optimizers, states)
-    elif len(states) != len(optimizers):
+    if not sharded and len(states) != len(optimizers):
         raise UserError(
             f"the checkpoint holds {len(states)} optimizer state(s) but optim.name needs {len(optimizers)}: "
             "resume with the optimizer the run was trained with"
         )
+    # The configured settings go into the saved groups BEFORE loading: load_state_dict takes the groups' settings
+    # from what it loads and places state by them (a fused AdamW's step counters on the parameters' device, where
+    # a checkpoint of a non-fused one, from a CPU or a Mac, keeps them on the CPU).
+    if sharded:
+        (opt,) = optimizers  # FSDP runs have one optimizer (validate refuses Muon with FSDP)
+        whole = _configured(states[0][distributed.GATHERED_OPTIM_KEY], opt)
+        distributed.load_sharded_optimizer_state(model, optimizers, [{distributed.GATHERED_OPTIM_KEY: whole}])
     else:
         for opt, state in zip(optimizers, states, strict=True):
-            opt.load_state_dict(state)
-    for opt, hypers in zip(optimizers, configured, strict=True):
-        for group, hyper in zip(opt.param_groups, hypers, strict=True):
-            group.update(hyper)
+            opt.load_state_dict(_configured(state, opt))
+
+
+def _configured(state: dict, opt: torch.optim.Optimizer) -> dict:
+    """`state` (an optimizer state dict) with the settings of `opt`'s param groups instead of the saved ones."""
+    if len(state["param_groups"]) != len(opt.param_groups):
+        raise UserError(
+            f"the checkpoint's optimizer has {len(state['param_groups'])} parameter groups, this run's "
+            f"{len(opt.param_groups)}: resume with the optimizer the run was trained with"
+        )
+    groups = [
+        {**{k: v for k, v in now.items() if k != "params"}, "params": saved["params"]}
+        for saved, now in zip(state["param_groups"], opt.param_groups, strict=True)
+    ]
+    return {**state, "param_groups": groups}
 
 
 def fit_schedule(o: OptimConfig, max_iters: int, eval_only: bool = False) -> OptimConfig:

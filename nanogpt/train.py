@@ -123,11 +123,11 @@ def train(cfg: RunConfig, run_dir: str) -> Result:
 def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devices.Precision) -> Trainer:
     """Everything the loop needs, restored from the run's latest checkpoint when it has one."""
     train_cfg = cfg.train
-    if train_cfg.grad_accum % dist.world_size:
+    if train_cfg.grad_accum % dist.world_size and not train_cfg.eval_only:  # evaluation takes no training steps
         raise UserError(
             f"train.grad_accum={train_cfg.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
-    data_path = _prepared_data(cfg, dist)
+    data_path = _prepared_data(cfg, dist, precision.device)
     # The run's shape and length (model.depth, a compute budget), once the data's vocabulary is known.
     cfg, plan = scaling.resolve(cfg, read_meta(data_path)["vocab_size"])
     train_cfg = cfg.train
@@ -137,10 +137,11 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
         scaling.write_plan(run_dir, plan)
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    raw_model, info = runs.build_model(cfg, ckpt, data_path)
+    raw_model, info = _build_model(cfg, ckpt, data_path, dist)
     if dist.is_main:
         tok.copy_to_run(info["tokenizer"], data_path, run_dir)  # sample.py, export.py and evaluation read it there
-    raw_model.to(precision.device)
+    if not any(p.is_meta for p in raw_model.parameters()):
+        raw_model.to(precision.device)
     block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
     batches = Batches(
         data_path,
@@ -151,15 +152,15 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
         precision.device,
         vocab_size=vocab_size,
     )
-    # DDP or FSDP on several processes; FSDP shards the weights in place, so the optimizer comes after.
-    wrapped = distributed.wrap(raw_model, train_cfg.parallel, dist, precision.device)
+    # DDP or FSDP on several processes, compiled as asked; FSDP shards the weights in place, so the optimizer
+    # comes after.
+    model = distributed.wrap(raw_model, train_cfg.parallel, dist, precision)
     optimizers = optim.build(raw_model, cfg.optim, precision.device_type)
     scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.needs_grad_scaler())
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs across ranks
     state = TrainState()
     if ckpt is not None:
         state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
-    model = torch.compile(wrapped) if cfg.device.compile else wrapped
     # Downstream tasks call raw_model: a full replica under DDP, the sharded module under FSDP, never compiled.
     tasks = TrainingTasks(cfg, info, raw_model, precision, dist) if train_cfg.eval_tasks else None
     metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None
@@ -168,17 +169,37 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     )
 
 
-def _prepared_data(cfg: RunConfig, dist: distributed.Dist) -> str:
-    """The data set's folder, prepared by rank 0 if it never was."""
+def _prepared_data(cfg: RunConfig, dist: distributed.Dist, device: torch.device) -> str:
+    """The data set's folder, prepared here if it never was and this is the only process."""
     from nanogpt.data.prepare import prepare
 
     data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
     # Only a data set never prepared is built here: damaged token files are reported, never silently rebuilt.
-    if dist.is_main and not os.path.exists(os.path.join(data_path, "meta.json")):
+    missing = not os.path.exists(os.path.join(data_path, "meta.json"))
+    if distributed.any_rank(missing, dist, device):
+        # Several processes would wait for one to prepare it (hours for OpenWebText) and time out: say what to run.
+        if dist.enabled:
+            raise UserError(
+                f"data set {cfg.data.name!r} is not prepared in {data_path} and this run has {dist.world_size} "
+                f"processes: prepare it first with python prepare.py data={cfg.data.name} "
+                f"paths.data_dir={cfg.paths.data_dir} (and this run's data.* overrides), then launch again"
+            )
         log.info("%s is not prepared yet: preparing it now", data_path)
         prepare(cfg.data, cfg.paths.data_dir)
-    distributed.barrier(dist)
     return data_path
+
+
+def _build_model(cfg: RunConfig, ckpt: str | None, data_path: str, dist: distributed.Dist) -> tuple[GPT, dict]:
+    """The model to train and its checkpoints' facts. Under FSDP only rank 0 builds it whole; the other ranks
+    build its shape on the meta device (no memory) and get their shards of rank 0's weights when it is sharded."""
+    if not (dist.enabled and cfg.train.parallel == "fsdp"):
+        return runs.build_model(cfg, ckpt, data_path)
+    built = runs.build_model(cfg, ckpt, data_path) if dist.is_main else None
+    model_cfg, info = distributed.broadcast((built[0].config, built[1]) if built else None, dist)
+    if built is not None:
+        return built
+    with torch.device("meta"):
+        return GPT(model_cfg), info
 
 
 def _resume(
@@ -192,10 +213,19 @@ def _resume(
     """Restore the optimizers, the grad scaler and every rank's RNG state; the loop's state is returned."""
     saved = checkpoint.load_state(ckpt)
     optim.load_states(optimizers, saved["optimizers"], model)
-    scaler.load_state_dict(saved["scaler"])
+    _load_scaler(scaler, saved["scaler"])
     distributed.set_rng_state(saved["rng"], dist, precision.device)
     log.info("resumed from %s at iter %d", ckpt, saved["iter"])
     return TrainState(saved["iter"], saved["best_val_loss"], saved["evaluated_at"])
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """The fp16 loss scale, when both runs use one. A run resumed in another dtype: a scaler that was off saved {}
+    (the new fp16 one starts from its initial scale), and one that is off now ignores the saved scale."""
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("the checkpoint was trained without fp16 loss scaling: the grad scaler starts afresh")
 
 
 def _start_metrics(cfg: RunConfig, run_dir: str, model: GPT, precision: devices.Precision, resumed: bool) -> MetricsLog:
@@ -249,11 +279,13 @@ def _train_loop(tr: Trainer) -> Result:
             step_loss = torch.zeros((), device=precision.device)
             for micro in range(accum):
                 x, y = batches.train(state.iter, dist.rank * accum + micro)
-                # Gradients are synchronised across processes on the last micro-batch only.
-                with distributed.gradient_sync(model, micro == accum - 1), precision.autocast():
-                    _, loss = model(x, y)
-                    loss = loss / accum  # the step's gradient is the mean over its micro-batches
-                scaler.scale(loss).backward()
+                # Gradients are synchronised across processes on the last micro-batch only (FSDP decides during
+                # the backward, so it is inside).
+                with distributed.gradient_sync(model, micro == accum - 1):
+                    with precision.autocast():
+                        _, loss = model(x, y)
+                        loss = loss / accum  # the step's gradient is the mean over its micro-batches
+                    scaler.scale(loss).backward()
                 step_loss += loss.detach()
             if train_cfg.skip_nonfinite and not math.isfinite(
                 distributed.all_reduce_mean(step_loss.clone(), dist).item()
@@ -337,13 +369,16 @@ class _Throughput:
 
 
 def _log_step(tr: Trainer, loss: float, lr: float, tokens_per_s: float) -> None:
+    """Log a step: `tokens_per_s` is the whole job's rate (every process); MFU is per device, so it takes one
+    process's share of it against one device's peak."""
     if tr.metrics is None:
         return
     it = tr.state.iter
     record = {"iter": it, "loss": loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
     peak = tr.precision.peak_flops()
     if peak is not None:
-        record["mfu"] = round(tr.raw_model.flops_per_token() * tokens_per_s / peak, 4)
+        per_device = tokens_per_s / tr.dist.world_size
+        record["mfu"] = round(tr.raw_model.flops_per_token() * per_device / peak, 4)
     tokens_per_step = tr.cfg.train.batch_size * tr.cfg.train.grad_accum * tr.raw_model.config.block_size
     log.info(
         "iter %d: loss %.4f, %.1f ms/iter, %s tokens/s%s",
@@ -374,16 +409,19 @@ def _read_losses(pending: list[tuple[int, torch.Tensor]], dist: distributed.Dist
 def evaluate(
     model: torch.nn.Module, batches: Batches, eval_iters: int, precision: devices.Precision, d: distributed.Dist
 ) -> dict[str, float]:
-    """Mean loss over the same `eval_iters` batches of each split, shared out across processes."""
+    """Mean loss over the same `eval_iters` batches of each split, shared out across processes. Every process runs
+    the same number of forwards (FSDP's forward is a collective): where `eval_iters` does not divide by the number
+    of processes, the last ones run a batch again and leave its loss out of the sum."""
     model.eval()
     out = {}
     for split in SPLITS:
         total = torch.zeros((), device=precision.device)
-        for k in range(d.rank, eval_iters, d.world_size):
-            x, y = batches.eval(split, k)
+        for k in range(d.rank, math.ceil(eval_iters / d.world_size) * d.world_size, d.world_size):
+            x, y = batches.eval(split, min(k, eval_iters - 1))
             with precision.autocast():
                 _, loss = model(x, y)
-            total += loss.float()
+            if k < eval_iters:
+                total += loss.float()
         out[split] = (distributed.all_reduce_mean(total, d) * d.world_size / eval_iters).item()
     model.train()
     return out
