@@ -132,14 +132,14 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     cfg, plan = scaling.resolve(cfg, read_meta(data_path)["vocab_size"])
     train_cfg = cfg.train
     cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, train_cfg.max_iters, train_cfg.eval_only))
-    if dist.is_main and plan is not None:
-        log.info("plan: %s", scaling.describe(plan))
-        scaling.write_plan(run_dir, plan)
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw_model, info = _build_model(cfg, ckpt, data_path, dist)
-    if dist.is_main:
+    if dist.is_main:  # written once the model is built: a refused resume leaves the run's files as they were
         tok.copy_to_run(info["tokenizer"], data_path, run_dir)  # sample.py, export.py and evaluation read it there
+        if plan is not None:
+            log.info("plan: %s", scaling.describe(plan))
+            scaling.write_plan(run_dir, plan)
     if not any(p.is_meta for p in raw_model.parameters()):
         raw_model.to(precision.device)
     block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
