@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, run_entry
+from tests.helpers import TINY, compose, run_entry
 
 EOT = 50256
 
@@ -182,18 +182,6 @@ def test_prepare_hf_dataset_mistakes_are_one_clear_line(tmp_path, monkeypatch):
 
 
 # ---- presets ----
-
-
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from nanogpt.cli import register_configs, to_object
-    from nanogpt.config import RunConfig
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return to_object(hydra_compose("train", overrides=list(overrides)), RunConfig)
 
 
 def test_presets_match_nanogpt_configs():

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, sample_next
-
-CFG = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=101, dropout=0.0, bias=True)
-
-
-def tiny(**overrides) -> GPT:
-    torch.manual_seed(0)
-    return GPT(ModelConfig(**{**CFG.__dict__, **overrides})).eval()
+from nanogpt.model import GPT, KVCache, sample_next
+from tests.helpers import tiny_gpt
 
 
 def test_logits_equal_huggingface_gpt2():
@@ -42,7 +36,7 @@ def test_parameter_count_matches_nanogpt_baby_cpu():
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_greedy_generation_with_cache_equals_full_recompute(bias):
-    model = tiny(bias=bias)
+    model = tiny_gpt(bias=bias)
     prompt = torch.randint(0, 101, (2, 7))
     cached = model.generate(prompt, 30, temperature=0.0)
     idx = prompt
@@ -53,11 +47,9 @@ def test_greedy_generation_with_cache_equals_full_recompute(bias):
 
 
 def test_cache_logits_equal_full_forward_at_every_position():
-    model = tiny()
+    model = tiny_gpt()
     seq = torch.randint(0, 101, (2, 40))
     full, _ = model(seq)
-    from nanogpt.model import KVCache
-
     cache = KVCache(model.config, 2, seq.device, torch.float32)
     pieces = [model(seq[:, :10], cache=cache)[0]]  # a prefill, then a chunk, then single tokens
     pieces.append(model(seq[:, 10:25], cache=cache)[0])
@@ -66,7 +58,7 @@ def test_cache_logits_equal_full_forward_at_every_position():
 
 
 def test_generation_past_block_size_and_long_prompts():
-    model = tiny()
+    model = tiny_gpt()
     prompt = torch.randint(0, 101, (1, 100))  # longer than block_size 48: cropped
     out = model.generate(prompt, 120, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 220)
@@ -74,7 +66,7 @@ def test_generation_past_block_size_and_long_prompts():
 
 
 def test_training_loss_at_init_is_log_vocab():
-    model = tiny()
+    model = tiny_gpt()
     x, y = torch.randint(0, 101, (2, 4, 48))
     _, loss = model(x, y)
     assert abs(loss.item() - torch.log(torch.tensor(101.0)).item()) < 0.3
@@ -106,7 +98,7 @@ def test_cpu_generation_stays_fp32_unless_bf16_is_asked_for():
 
 
 def test_flops_and_optimizer_groups():
-    model = tiny()
+    model = tiny_gpt()
     groups = model.optimizer_groups(0.1)
     decayed = {id(p) for p in groups[0]["params"]}
     assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])

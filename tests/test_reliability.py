@@ -19,35 +19,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
-from tests.test_train import free_port, losses, weights
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
+from tests.helpers import (
+    OFFLINE_ENV,
+    REPO,
+    TINY,
+    assert_same_weights,
+    free_port,
+    losses,
+    one_line_error,
+    popen_command,
+    popen_entry,
+    process_env,
+    run_dirs,
+    run_entry,
+    status,
+    torchrun_cmd,
+    train,
+    wait_for,
+    weights,
+)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` (following the checkpoint links), to prove nothing was overwritten."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def popen_run(cwd: Path, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "run.py"), *TINY, *args],
-        cwd=cwd,
-        env={**os.environ, **OFFLINE_ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +250,7 @@ def test_live_run_dir_is_locked_and_stale_lock_taken_over(tmp_path, run_copy):
         holder.wait()
     # The holder died with its lock: the next run takes it over.
     run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path)
-    assert json.loads((run_copy / "status.json").read_text())["iter"] == 10
+    assert status(run_copy)["iter"] == 10
 
 
 # ---- sampling ----
@@ -321,98 +316,81 @@ def test_wandb_without_key_or_network_goes_offline(tmp_path, char_data):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "logging offline" in proc.stdout + proc.stderr
     [run] = run_dirs(tmp_path)
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert status(run)["status"] == "completed"
     assert list((run / "wandb").glob("offline-run-*"))
 
 
 # ---- faults ----
 
 
-def straight_run(tmp: Path, data: Path, *args: str) -> Path:
-    tmp.mkdir()
-    run_entry("run.py", *TINY, f"paths.data_dir={data}", *args, cwd=tmp)
-    return run_dirs(tmp)[-1]
-
-
-def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
-    args = [f"paths.data_dir={char_data}", "train.max_iters=60", "train.eval_interval=20", "model.dropout=0.1"]
-    straight = straight_run(tmp_path / "straight", char_data, *args[1:])
-    (tmp_path / "stopped").mkdir()
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        if sig == signal.SIGINT:
-            proc = popen_run(tmp_path / "stopped", *args)
-        else:
-            [run] = run_dirs(tmp_path / "stopped")
-            proc = subprocess.Popen(
-                [sys.executable, str(REPO / "run.py"), f"resume={run}"],
-                cwd=tmp_path / "stopped",
-                env={**os.environ, **OFFLINE_ENV},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        wait_for_progress(tmp_path / "stopped", beyond=0 if sig == signal.SIGINT else last_iter(tmp_path / "stopped"))
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == code, err
-        [run] = run_dirs(tmp_path / "stopped")
-        assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
-        assert "checkpoint saved" in out + err
-    run_entry("run.py", f"resume={run}", cwd=tmp_path / "stopped")
-    a, b = weights(straight), weights(run)
-    assert all(a[k].equal(b[k]) for k in a)
+def newest_metrics(base: Path) -> list[str]:
+    """The lines of the newest run's metrics.jsonl under `base` as they are now ([] before there are any)."""
+    runs = run_dirs(base) if (base / "outputs").exists() else []
+    path = runs[-1] / "metrics.jsonl" if runs else None
+    return path.read_text().splitlines() if path is not None and path.exists() else []
 
 
 def last_iter(base: Path) -> int:
-    runs = run_dirs(base) if (base / "outputs").exists() else []
-    path = runs[-1] / "metrics.jsonl" if runs else None
-    if path is None or not path.exists():
-        return -1
-    lines = path.read_text().splitlines()
+    lines = newest_metrics(base)
     return json.loads(lines[-1])["iter"] if lines else -1
 
 
-def wait_for_progress(base: Path, beyond: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while last_iter(base) <= beyond + 1:
-        assert time.time() < deadline, "the run made no progress"
-        time.sleep(0.05)
+def wait_for_progress(base: Path, beyond: int) -> None:
+    """Until the newest run under `base` has logged an iter past `beyond` + 1."""
+    wait_for("the run to make progress", lambda: last_iter(base) > beyond + 1, timeout=120, poll=0.05)
 
 
-def metric_lines(base: Path) -> int:
-    runs = run_dirs(base) if (base / "outputs").exists() else []
-    path = runs[-1] / "metrics.jsonl" if runs else None
-    return len(path.read_text().splitlines()) if path is not None and path.exists() else 0
+def wait_for_lines(base: Path, lines: int, proc: subprocess.Popen) -> None:
+    """Until the newest run under `base` has `lines` lines of metrics, or `proc` has ended."""
+    wait_for(
+        "the run to make progress",
+        lambda: len(newest_metrics(base)) >= lines or proc.poll() is not None,
+        120,
+        poll=0.01,
+    )
+
+
+def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
+    args = ["train.max_iters=60", "train.eval_interval=20", "model.dropout=0.1"]
+    straight = train(tmp_path / "straight", char_data, *args)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        if sig == signal.SIGINT:
+            proc = popen_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=stopped)
+        else:
+            [run] = run_dirs(stopped)
+            proc = popen_entry("run.py", f"resume={run}", cwd=stopped)
+        wait_for_progress(stopped, beyond=0 if sig == signal.SIGINT else last_iter(stopped))
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err
+        [run] = run_dirs(stopped)
+        assert status(run)["status"] == "interrupted"
+        assert "checkpoint saved" in out + err
+    run_entry("run.py", f"resume={run}", cwd=stopped)
+    assert_same_weights(weights(straight), weights(run))
 
 
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
     args = ["train.max_iters=100", "train.eval_interval=2", "train.always_save_checkpoint=true", "model.dropout=0.1"]
-    straight = straight_run(tmp_path / "straight", char_data, *args)
+    straight = train(tmp_path / "straight", char_data, *args)
     work = tmp_path / "killed"
     work.mkdir()
     rng = random.Random(0)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start() -> subprocess.Popen:
         runs = run_dirs(work) if (work / "outputs").exists() else []
         if runs and (runs[-1] / "checkpoints" / "latest").exists():
-            return subprocess.Popen(
-                [sys.executable, str(REPO / "run.py"), f"resume={runs[-1]}"],
-                cwd=work,
-                env={**os.environ, **OFFLINE_ENV},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            return popen_entry("run.py", f"resume={runs[-1]}", cwd=work, **quiet)
         shutil.rmtree(work / "outputs", ignore_errors=True)  # killed before its first checkpoint: start over
-        return popen_run(work, f"paths.data_dir={char_data}", *args)
+        return popen_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=work, **quiet)
 
     proc = start()
     for _ in range(20):
         # Let it make a little progress, then kill it at a random moment: mid-step, mid-eval or mid-save.
-        target = metric_lines(work) + rng.randint(1, 3)
-        deadline = time.time() + 120
-        while metric_lines(work) < target and proc.poll() is None:
-            assert time.time() < deadline, "the run made no progress"
-            time.sleep(0.01)
+        wait_for_lines(work, len(newest_metrics(work)) + rng.randint(1, 3), proc)
         time.sleep(rng.uniform(0.0, 0.05))
         assert proc.poll() is None, "the run finished before 20 kills: raise train.max_iters"
         proc.kill()
@@ -420,8 +398,7 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
         proc = start()
     assert proc.wait(timeout=600) == 0
     [run] = run_dirs(work)
-    a, b = weights(straight), weights(run)
-    assert all(a[k].equal(b[k]) for k in a)
+    assert_same_weights(weights(straight), weights(run))
     assert losses(straight)[-1] == losses(run)[-1]
 
 
@@ -467,7 +444,7 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), f"resume={run_copy}", "train.max_iters=12"],
         cwd=tmp_path,
-        env={**os.environ, **OFFLINE_ENV},
+        env=process_env(),
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,
@@ -479,7 +456,7 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, char_data):
-    run = straight_run(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
+    run = train(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
     before = snapshot(run / "checkpoints")
     proc = run_entry(
         "run.py", f"resume={run}", "train.max_iters=20", "optim.lr=1e12", "optim.grad_clip=0", cwd=tmp_path, check=False
@@ -509,16 +486,7 @@ def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
     port = free_port()
     procs = []
     for node, data in ((0, char_data), (1, bad)):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            f"--node-rank={node}",
-            "--master-addr=127.0.0.1",
-            f"--master-port={port}",
-            str(REPO / "run.py"),
+        args = [
             *TINY,
             f"paths.data_dir={data}",
             "train.max_iters=200",
@@ -526,12 +494,8 @@ def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
             "data.source=/nonexistent",
         ]
         (tmp_path / f"node{node}").mkdir()
-        env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "NANOGPT_DIST_TIMEOUT": "60"}
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
+        env = process_env(NANOGPT_DIST_TIMEOUT="60")
+        procs.append(popen_command(torchrun_cmd(*args, port=port, nproc=1, node=node), tmp_path / f"node{node}", env))
     started = time.time()
     codes = [p.wait(timeout=240) for p in procs]
     assert all(c != 0 for c in codes), codes
