@@ -1,4 +1,5 @@
-"""The GPT against Hugging Face's GPT-2, the KV cache against full recompute, and the sampling filters."""
+"""The GPT against Hugging Face's GPT-2, the KV cache against full recompute (GPT-2's model, without biases, and
+with each modern option), and the sampling filters."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import torch
 
 from nanogpt.config import ModelConfig
 from nanogpt.model import GPT, KVCache, sample_next
-from tests.helpers import tiny_gpt
+from tests.helpers import MODEL_OPTIONS, tiny_gpt
+
+# GPT-2's model (biases), without biases, and each modern option.
+VARIANTS = {"gpt2": {}, "no_bias": dict(bias=False), **MODEL_OPTIONS}
 
 
 def test_logits_equal_huggingface_gpt2():
@@ -34,26 +38,27 @@ def test_parameter_count_matches_nanogpt_baby_cpu():
     assert round(model.num_params() / 1e6, 2) == 0.80  # nanoGPT prints 0.80M for this recipe
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_greedy_generation_with_cache_equals_full_recompute(bias):
-    model = tiny_gpt(bias=bias)
-    prompt = torch.randint(0, 101, (2, 7))
-    cached = model.generate(prompt, 30, temperature=0.0)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_generation_with_cache_equals_full_recompute(variant):
+    model = tiny_gpt(**VARIANTS[variant])
+    prompt = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(1))
+    cached = model.generate(prompt, 35, temperature=0.0)
     idx = prompt
-    for _ in range(30):  # nanoGPT's way: the whole sequence through the model for every token
+    for _ in range(35):  # nanoGPT's way: the whole sequence through the model for every token
         logits, _ = model(idx)
         idx = torch.cat([idx, logits[:, -1, :].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(cached, idx)
 
 
-def test_cache_logits_equal_full_forward_at_every_position():
-    model = tiny_gpt()
-    seq = torch.randint(0, 101, (2, 40))
+@pytest.mark.parametrize("variant", ["gpt2", "rotary", "all"])
+def test_cache_logits_equal_full_forward_at_every_position(variant):
+    """Prefill, a chunk, then single tokens: rotary must rotate each at its absolute position cache.pos + t."""
+    model = tiny_gpt(**VARIANTS[variant])
+    seq = torch.randint(0, 101, (2, 48))
     full, _ = model(seq)
     cache = KVCache(model.config, 2, seq.device, torch.float32)
-    pieces = [model(seq[:, :10], cache=cache)[0]]  # a prefill, then a chunk, then single tokens
-    pieces.append(model(seq[:, 10:25], cache=cache)[0])
-    pieces += [model(seq[:, i : i + 1], cache=cache)[0] for i in range(25, 40)]
+    pieces = [model(seq[:, :10], cache=cache)[0], model(seq[:, 10:25], cache=cache)[0]]
+    pieces += [model(seq[:, i : i + 1], cache=cache)[0] for i in range(25, 48)]
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 

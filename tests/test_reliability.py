@@ -73,7 +73,6 @@ def run_copy(tmp_path, trained) -> Path:
         (["optim.lr=["], "optim.lr=["),
         (["train.batch_size=0"], "train.batch_size=0"),
         (["model.block_size=0"], "model.block_size=0"),
-        (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30"),
         (["model.dropout=1.0"], "model.dropout=1.0"),
         (["optim.lr=-1"], "optim.lr=-1"),
         (["optim.warmup_iters=50", "train.max_iters=10"], "optim.warmup_iters=50"),
