@@ -322,10 +322,16 @@ def test_wandb_without_key_or_network_goes_offline(tmp_path, char_data):
 # ---- faults ----
 
 
+def newest_run(base: Path) -> Path | None:
+    """The newest run dir under `base` while a run may be starting (Hydra makes outputs/ before outputs/default/)."""
+    runs = run_dirs(base) if (base / "outputs" / "default").is_dir() else []
+    return runs[-1] if runs else None
+
+
 def newest_metrics(base: Path) -> list[str]:
     """The lines of the newest run's metrics.jsonl under `base` as they are now ([] before there are any)."""
-    runs = run_dirs(base) if (base / "outputs").exists() else []
-    path = runs[-1] / "metrics.jsonl" if runs else None
+    run = newest_run(base)
+    path = run / "metrics.jsonl" if run else None
     return path.read_text().splitlines() if path is not None and path.exists() else []
 
 
@@ -380,9 +386,9 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start() -> subprocess.Popen:
-        runs = run_dirs(work) if (work / "outputs").exists() else []
-        if runs and (runs[-1] / "checkpoints" / "latest").exists():
-            return popen_entry("run.py", f"resume={runs[-1]}", cwd=work, **quiet)
+        run = newest_run(work)
+        if run and (run / "checkpoints" / "latest").exists():
+            return popen_entry("run.py", f"resume={run}", cwd=work, **quiet)
         shutil.rmtree(work / "outputs", ignore_errors=True)  # killed before its first checkpoint: start over
         return popen_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=work, **quiet)
 
