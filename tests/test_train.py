@@ -115,6 +115,21 @@ def test_run_prepares_missing_data_itself(tmp_path, shakespeare):
     assert status(run)["status"] == "completed"
 
 
+def test_short_run_of_a_long_preset_shortens_its_schedule(tmp_path, char_data):
+    """`train.max_iters=20` on the CPU recipe (warmup 100, decay 2000 iters) runs, warning once, in one line each,
+    that the warmup and the decay were shortened to the run; the lr then rises over all 20 steps."""
+    args = ["experiment=shakespeare_char_cpu", f"paths.data_dir={char_data}", "train.max_iters=20"]
+    proc = run_entry("run.py", *args, "train.eval_iters=2", "train.batch_size=4", cwd=tmp_path)
+    warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "is longer than the run" in line]
+    assert len(warned) == 2, warned
+    assert any("optim.warmup_iters=100" in line and "train.max_iters=20" in line for line in warned), warned
+    assert any("optim.lr_decay_iters=2000" in line and "train.max_iters=20" in line for line in warned), warned
+    [run] = run_dirs(tmp_path, "shakespeare_char_cpu")
+    assert status(run)["status"] == "completed" and status(run)["iter"] == 20
+    steps = [(r["iter"], r["lr"]) for r in metrics(run) if "loss" in r]
+    assert steps == [(i, pytest.approx(1e-3 * (i + 1) / 21)) for i in range(20)]  # the preset's lr is 1e-3
+
+
 def test_resume_is_bit_exact(tmp_path, char_data):
     common = ["train.eval_interval=10", "optim.lr_decay_iters=40", "model.dropout=0.1"]
     first = assert_resume_is_exact(tmp_path, char_data, 20, 40, *common)
