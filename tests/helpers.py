@@ -100,9 +100,9 @@ def train(tmp: Path, data: Path, *overrides: str, name: str = "default") -> Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def torchrun_cmd(*args: str, port: int, nproc: int = 2, node: int | None = None) -> list[str]:

@@ -36,11 +36,11 @@ def test_gpt2_tokenizer_fallback_matches_openai(monkeypatch):
     monkeypatch.setattr(tok, "_tiktoken_can_load", lambda: False)  # as with no cache and no network
     tok.gpt2_encoding.cache_clear()
     try:
-        t = tok.GPT2Tokenizer()
-        assert t.encode("Hello world") == [15496, 995]
-        assert t.encode("<|endoftext|>") == [EOT]
-        assert EOT not in t.encode_ordinary("<|endoftext|>")  # documents' text is never a special token
-        assert t.decode(t.encode("Où est l'œuf? 🥚")) == "Où est l'œuf? 🥚"
+        gpt2 = tok.GPT2Tokenizer()
+        assert gpt2.encode("Hello world") == [15496, 995]
+        assert gpt2.encode("<|endoftext|>") == [EOT]
+        assert EOT not in gpt2.encode_ordinary("<|endoftext|>")  # documents' text is never a special token
+        assert gpt2.decode(gpt2.encode("Où est l'œuf? 🥚")) == "Où est l'œuf? 🥚"
     finally:
         tok.gpt2_encoding.cache_clear()
 
@@ -119,9 +119,9 @@ def test_prepare_text_from_a_local_file(tmp_path, enc, shakespeare):
         cwd=tmp_path,
     )
     meta = json.loads((tmp_path / "mine" / "meta.json").read_text())
-    n = int(len(text) * 0.9)
-    assert meta["train_tokens"] == len(enc.encode_ordinary(text[:n]))
-    assert meta["val_tokens"] == len(enc.encode_ordinary(text[n:]))
+    split_at = int(len(text) * 0.9)
+    assert meta["train_tokens"] == len(enc.encode_ordinary(text[:split_at]))
+    assert meta["val_tokens"] == len(enc.encode_ordinary(text[split_at:]))
 
 
 def test_prepare_text_from_a_hf_dataset_with_the_char_tokenizer(tmp_path):
@@ -195,14 +195,16 @@ def test_presets_match_nanogpt_configs():
     assert (owt.init_from, owt.data.name, owt.model.n_layer, owt.model.block_size) == ("scratch", "owt", 12, 1024)
     assert (owt.train.batch_size, owt.train.grad_accum, owt.train.max_iters) == (12, 40, 600_000)
     assert (owt.train.eval_interval, owt.train.eval_iters) == (1000, 200)
-    o = owt.optim
-    assert (o.lr, o.min_lr, o.warmup_iters, o.weight_decay, o.beta2) == (6e-4, 6e-5, 2000, 0.1, 0.95)
+    owt_optim = owt.optim
+    assert (owt_optim.lr, owt_optim.min_lr, owt_optim.warmup_iters) == (6e-4, 6e-5, 2000)
+    assert (owt_optim.weight_decay, owt_optim.beta2) == (0.1, 0.95)
     assert owt.device.device == "cuda" and owt.device.compile
 
     # The short spelling is the same run, but for the device and the name.
     short = compose("model=gpt2", "data=owt")
     assert (short.model, short.data, short.train) == (owt.model, owt.data, owt.train)
-    assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == o.lr and short.optim.min_lr == o.min_lr
+    assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == owt_optim.lr
+    assert short.optim.min_lr == owt_optim.min_lr
 
     for name, layers in (("gpt2", 12), ("gpt2_medium", 24), ("gpt2_large", 36), ("gpt2_xl", 48)):
         ev = compose(f"experiment=eval_{name}")

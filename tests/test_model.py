@@ -78,16 +78,16 @@ def test_training_loss_at_init_is_log_vocab():
 
 
 def test_sample_filters():
-    g = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     logits = torch.tensor([[0.0, 1.0, 5.0, 2.0, -1.0, 9.0]])
     assert sample_next(logits, temperature=0).item() == 5
     # The padding ids past vocab_limit are never drawn, even when they are the likeliest.
     assert sample_next(logits, temperature=0, vocab_limit=5).item() == 2
-    draws = {sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    draws = {sample_next(logits, 1.0, top_k=2, generator=generator).item() for _ in range(200)}
     assert draws == {2, 5}
     peaked = torch.tensor([[0.0, 0.0, 10.0, 9.0]])  # p ~ [0, 0, .73, .27]
-    assert {sample_next(peaked, 1.0, top_p=0.5, generator=g).item() for _ in range(100)} == {2}
-    assert {sample_next(peaked, 1.0, top_p=0.9, generator=g).item() for _ in range(300)} == {2, 3}
+    assert {sample_next(peaked, 1.0, top_p=0.5, generator=generator).item() for _ in range(100)} == {2}
+    assert {sample_next(peaked, 1.0, top_p=0.9, generator=generator).item() for _ in range(300)} == {2, 3}
 
 
 def test_cpu_generation_stays_fp32_unless_bf16_is_asked_for():
@@ -108,5 +108,5 @@ def test_flops_and_optimizer_groups():
     decayed = {id(p) for p in groups[0]["params"]}
     assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
     assert len(decayed) + len(groups[1]["params"]) == len(list(model.parameters()))
-    c = model.config
-    assert model.flops_per_token() == 6 * model.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+    cfg = model.config
+    assert model.flops_per_token() == 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
