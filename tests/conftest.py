@@ -1,53 +1,16 @@
-"""Shared fixtures: the real entry points run as subprocesses in temporary dirs, offline."""
+"""Shared fixtures: the real corpus, and shakespeare_char prepared from it once per session. Every test process runs
+offline (the environment below); the plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+from tests.helpers import OFFLINE_ENV, SHAKESPEARE, run_entry
 
-# Offline and quiet: no hub retries, no wandb prompts, deterministic threads.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "NANOGPT_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",  # tiny models: one thread is fastest, and no oversubscription on a busy machine
-}
 os.environ.update(OFFLINE_ENV)
-
-# Flags for a model and loop that train in seconds on a CPU.
-TINY = [
-    "model=tiny",
-    "device=cpu",
-    "model.block_size=32",
-    "train.batch_size=4",
-    "train.eval_iters=2",
-    "train.log_interval=1",
-    "optim.warmup_iters=2",
-]
-
-
-def run_entry(script: str, *args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict | None = None):
-    """Run `python <repo>/<script> args...` in `cwd`; returns the CompletedProcess (text output)."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        cwd=cwd,
-        env={**os.environ, **OFFLINE_ENV, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +26,6 @@ def char_data(tmp_path_factory, shakespeare) -> Path:
     root = tmp_path_factory.mktemp("data")
     run_entry("prepare.py", "data=shakespeare_char", f"data.source={shakespeare}", f"paths.data_dir={root}", cwd=root)
     return root
-
-
-def run_dirs(base: Path, name: str = "default") -> list[Path]:
-    return sorted(p for p in (base / "outputs" / name).iterdir() if not p.is_symlink())
 
 
 @pytest.fixture(scope="session")
@@ -87,18 +46,3 @@ def hellaswag_file(tmp_path_factory) -> Path:
             endings = [sentence(rng.randint(2, 10)) + "." for _ in range(4)]
             f.write(json.dumps({"ind": i, "ctx": ctx, "endings": endings, "label": rng.randint(0, 3)}) + "\n")
     return path
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """The process failed with exactly one `error: ...` line on stderr, no traceback, naming `needles`."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def hf_env(tmp: Path) -> dict[str, str]:
-    """`datasets` caches what it loads: keep that cache inside the test's temp dir."""
-    return {"HF_DATASETS_CACHE": str(tmp / "hf-cache")}

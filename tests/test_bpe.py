@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_dirs, run_entry
+from tests.helpers import TINY, run_dirs, run_entry
 
 LINES = [
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",

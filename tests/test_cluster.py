@@ -19,7 +19,7 @@ from nanogpt import device as devices
 from nanogpt.config import DeviceConfig, ModelConfig, OptimConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, KVCache
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 # An FSDP step of 8 micro-batches (4 per process) with evaluations over 3 batches (not a multiple of 2 processes),
 # and a peak of 1 MFLOP/s so that MFU is large enough to compare at the 4 decimals metrics.jsonl keeps.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, hf_env, one_line_error, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, hf_env, one_line_error, run_dirs, run_entry
 
 EOT = 50256
 SHARD = 20_000  # tokens per shard in the streamed test set

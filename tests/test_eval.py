@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "far", "away", "quickly", "then"]
 

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from tests.conftest import run_entry
+from tests.helpers import run_entry
 
 
 def test_refused_values_are_quoted_and_valid_overrides_untouched():

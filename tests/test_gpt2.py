@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, hf_env, run_entry
+from tests.helpers import TINY, compose, hf_env, run_entry
 
 EOT = 50256
 
@@ -32,11 +32,11 @@ def test_gpt2_tokenizer_fallback_matches_openai(monkeypatch):
     monkeypatch.setattr(tok, "_tiktoken_can_load", lambda: False)  # as with no cache and no network
     tok.gpt2_encoding.cache_clear()
     try:
-        t = tok.GPT2Tokenizer()
-        assert t.encode("Hello world") == [15496, 995]
-        assert t.encode("<|endoftext|>") == [EOT]
-        assert EOT not in t.encode_ordinary("<|endoftext|>")  # documents' text is never a special token
-        assert t.decode(t.encode("Où est l'œuf? 🥚")) == "Où est l'œuf? 🥚"
+        gpt2 = tok.GPT2Tokenizer()
+        assert gpt2.encode("Hello world") == [15496, 995]
+        assert gpt2.encode("<|endoftext|>") == [EOT]
+        assert EOT not in gpt2.encode_ordinary("<|endoftext|>")  # documents' text is never a special token
+        assert gpt2.decode(gpt2.encode("Où est l'œuf? 🥚")) == "Où est l'œuf? 🥚"
     finally:
         tok.gpt2_encoding.cache_clear()
 
@@ -115,9 +115,9 @@ def test_prepare_text_from_a_local_file(tmp_path, enc, shakespeare):
         cwd=tmp_path,
     )
     meta = json.loads((tmp_path / "mine" / "meta.json").read_text())
-    n = int(len(text) * 0.9)
-    assert meta["train_tokens"] == len(enc.encode_ordinary(text[:n]))
-    assert meta["val_tokens"] == len(enc.encode_ordinary(text[n:]))
+    split_at = int(len(text) * 0.9)
+    assert meta["train_tokens"] == len(enc.encode_ordinary(text[:split_at]))
+    assert meta["val_tokens"] == len(enc.encode_ordinary(text[split_at:]))
 
 
 def test_prepare_text_from_a_hf_dataset_with_the_char_tokenizer(tmp_path):
@@ -180,18 +180,6 @@ def test_prepare_hf_dataset_mistakes_are_one_clear_line(tmp_path, monkeypatch):
 # ---- presets ----
 
 
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from nanogpt.cli import register_configs, to_object
-    from nanogpt.config import RunConfig
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return to_object(hydra_compose("train", overrides=list(overrides)), RunConfig)
-
-
 def test_presets_match_nanogpt_configs():
     ft = compose("experiment=finetune_shakespeare")
     assert (ft.init_from, ft.data.name, ft.model.block_size) == ("gpt2-xl", "shakespeare", 1024)
@@ -204,8 +192,9 @@ def test_presets_match_nanogpt_configs():
     assert (owt.train.batch_size, owt.train.grad_accum, owt.train.max_iters) == (12, 40, 600_000)
     assert (owt.train.eval_interval, owt.train.eval_iters) == (1000, 200)
     assert (owt.train.eval_tasks, owt.train.eval_tasks_interval) == (["hellaswag"], 1000)
-    o = owt.optim
-    assert (o.lr, o.min_lr, o.warmup_iters, o.weight_decay, o.beta2) == (6e-4, 6e-5, 2000, 0.1, 0.95)
+    owt_optim = owt.optim
+    assert (owt_optim.lr, owt_optim.min_lr, owt_optim.warmup_iters) == (6e-4, 6e-5, 2000)
+    assert (owt_optim.weight_decay, owt_optim.beta2) == (0.1, 0.95)
     assert owt.device.device == "cuda" and owt.device.compile
 
     # The short spelling is the same run, but for the device, the name and HellaSwag in the loop (its max_iters is
@@ -216,7 +205,8 @@ def test_presets_match_nanogpt_configs():
     short_run, owt_run = resolve(short, 50257)[0], resolve(owt, 50257)[0]
     same_loop = dataclasses.replace(owt_run.train, eval_tasks=[], eval_tasks_interval=None)
     assert (short_run.model, short_run.data, short_run.train) == (owt_run.model, owt_run.data, same_loop)
-    assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == o.lr and short.optim.min_lr == o.min_lr
+    assert short.optim.lr_decay_iters in (None, 600_000) and short.optim.lr == owt_optim.lr
+    assert short.optim.min_lr == owt_optim.min_lr
 
     for name, layers in (("gpt2", 12), ("gpt2_medium", 24), ("gpt2_large", 36), ("gpt2_xl", 48)):
         ev = compose(f"experiment=eval_{name}")

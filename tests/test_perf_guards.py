@@ -7,25 +7,15 @@ character-level run. Checked with `python -X importtime`, which lists every modu
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import REPO, TINY, run_command, run_dirs, run_entry
 
 HEAVY = ("transformers", "datasets", "wandb", "tiktoken")
 
 
 def imported(script: str, *args: str, cwd) -> set[str]:
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(REPO / script), *args],
-        cwd=cwd,
-        env={**os.environ, **OFFLINE_ENV},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_command([sys.executable, "-X", "importtime", str(REPO / script), *args], cwd)
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
 

@@ -19,25 +19,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import OFFLINE_ENV, REPO, TINY, one_line_error, run_dirs, run_entry
-from tests.test_train import free_port, losses, weights
+from tests.helpers import (
+    OFFLINE_ENV,
+    REPO,
+    TINY,
+    assert_same_weights,
+    free_port,
+    losses,
+    one_line_error,
+    popen_command,
+    popen_entry,
+    process_env,
+    run_dirs,
+    run_entry,
+    status,
+    torchrun_cmd,
+    train,
+    wait_for,
+    weights,
+)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` (following the checkpoint links), to prove nothing was overwritten."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def popen_run(cwd: Path, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "run.py"), *TINY, *args],
-        cwd=cwd,
-        env={**os.environ, **OFFLINE_ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +73,10 @@ def run_copy(tmp_path, trained) -> Path:
         (["optim.lr=["], "optim.lr=["),
         (["train.batch_size=0"], "train.batch_size=0"),
         (["model.block_size=0"], "model.block_size=0"),
-        (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30"),
         (["model.dropout=1.0"], "model.dropout=1.0"),
         (["optim.lr=-1"], "optim.lr=-1"),
         (["optim.warmup_iters=-1"], "optim.warmup_iters=-1"),
+        (["optim.warmup_iters=10", "optim.lr_decay_iters=5"], "optim.lr_decay_iters=5"),
         (["train.eval_iters=0"], "train.eval_iters=0"),
         (["device.device=cuda"], "device.device=cuda"),
         (["device.device=mps"], "device.device=mps"),
@@ -175,31 +180,34 @@ def test_model_vocab_smaller_than_data(tmp_path, char_data):
 # ---- checkpoints and run dirs ----
 
 
-def test_short_run_clamps_the_schedule(tmp_path, char_data):
-    """A warmup (and decay) longer than the run is shortened to it with one warning line, not refused."""
-    args = ["optim.warmup_iters=50", "optim.lr_decay_iters=80", "train.max_iters=10", "train.eval_interval=100"]
-    proc = run_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=tmp_path)
-    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "longer than the run" in line]
-    assert len(warnings) == 1 and "train.max_iters=10" in warnings[0] and "lr_decay_iters=80" in warnings[0]
-    [run] = run_dirs(tmp_path)
-    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    peak = 6e-4  # OptimConfig's lr: warming up over the 10 steps, it + 1 / 11 of the peak at step it
-    assert lrs == pytest.approx([peak * (it + 1) / 11 for it in range(10)])
-
-
-def test_resume_without_checkpoint_or_run_dir(tmp_path, char_data):
-    one_line_error(run_entry("run.py", f"resume={tmp_path / 'nope'}", cwd=tmp_path, check=False), "does not exist")
+def test_resume_without_checkpoint_or_run_dir(tmp_path, trained, run_copy):
     one_line_error(run_entry("run.py", f"resume={tmp_path}", cwd=tmp_path, check=False), "not a run dir")
-    # A run killed before its first checkpoint: resume starts it over, in the same dir, with its saved config.
-    run_entry("run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=4", cwd=tmp_path)
-    [run] = run_dirs(tmp_path)
-    shutil.rmtree(run / "checkpoints")
-    (run / "status.json").unlink()
-    proc = run_entry("run.py", f"resume={run}", cwd=tmp_path)
+    # A run killed before its first checkpoint (as a kill leaves it: its config, log and first metrics, no
+    # checkpoints/ or status.json) starts again from the beginning, in its own dir, with its saved config.
+    shutil.rmtree(run_copy / "checkpoints")
+    (run_copy / "status.json").unlink()
+    first_lines = (run_copy / "metrics.jsonl").read_text().splitlines(keepends=True)[:3]
+    (run_copy / "metrics.jsonl").write_text("".join(first_lines))
+    proc = run_entry("run.py", f"resume={run_copy}", cwd=tmp_path)
     assert "has no checkpoint yet: starting the run from the beginning" in proc.stdout + proc.stderr
-    assert run_dirs(tmp_path) == [run]
-    assert json.loads((run / "status.json").read_text())["iter"] == 4
-    assert (run / "checkpoints" / "latest").is_dir()
+    assert status(run_copy)["status"] == "completed" and status(run_copy)["iter"] == 8
+    assert losses(run_copy)[-len(losses(trained)) :] == losses(trained)
+    assert_same_weights(weights(run_copy), weights(trained))
+    assert not (tmp_path / "outputs").exists()  # no new run dir
+
+
+@pytest.mark.parametrize(
+    "entry, key",
+    [
+        ("sample.py", "run"),
+        ("export.py", "run"),
+        ("run.py", "resume"),
+    ],
+)
+def test_missing_run_dir_is_called_that(tmp_path, entry, key):
+    missing = tmp_path / "no-such-run"
+    one_line_error(run_entry(entry, f"{key}={missing}", cwd=tmp_path, check=False), f"{missing}' does not exist")
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated_weights", "garbage_state", "missing_info"])
@@ -265,7 +273,7 @@ def test_live_run_dir_is_locked_and_stale_lock_taken_over(tmp_path, run_copy):
         holder.wait()
     # The holder died with its lock: the next run takes it over.
     run_entry("run.py", f"resume={run_copy}", "train.max_iters=10", cwd=tmp_path)
-    assert json.loads((run_copy / "status.json").read_text())["iter"] == 10
+    assert status(run_copy)["iter"] == 10
 
 
 # ---- sampling ----
@@ -331,98 +339,87 @@ def test_wandb_without_key_or_network_goes_offline(tmp_path, char_data):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "logging offline" in proc.stdout + proc.stderr
     [run] = run_dirs(tmp_path)
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert status(run)["status"] == "completed"
     assert list((run / "wandb").glob("offline-run-*"))
 
 
 # ---- faults ----
 
 
-def straight_run(tmp: Path, data: Path, *args: str) -> Path:
-    tmp.mkdir()
-    run_entry("run.py", *TINY, f"paths.data_dir={data}", *args, cwd=tmp)
-    return run_dirs(tmp)[-1]
+def newest_run(base: Path) -> Path | None:
+    """The newest run dir under `base` while a run may be starting (Hydra makes outputs/ before outputs/default/)."""
+    runs = run_dirs(base) if (base / "outputs" / "default").is_dir() else []
+    return runs[-1] if runs else None
 
 
-def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
-    args = [f"paths.data_dir={char_data}", "train.max_iters=60", "train.eval_interval=20", "model.dropout=0.1"]
-    straight = straight_run(tmp_path / "straight", char_data, *args[1:])
-    (tmp_path / "stopped").mkdir()
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        if sig == signal.SIGINT:
-            proc = popen_run(tmp_path / "stopped", *args)
-        else:
-            [run] = run_dirs(tmp_path / "stopped")
-            proc = subprocess.Popen(
-                [sys.executable, str(REPO / "run.py"), f"resume={run}"],
-                cwd=tmp_path / "stopped",
-                env={**os.environ, **OFFLINE_ENV},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        wait_for_progress(tmp_path / "stopped", beyond=0 if sig == signal.SIGINT else last_iter(tmp_path / "stopped"))
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == code, err
-        [run] = run_dirs(tmp_path / "stopped")
-        assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
-        assert "checkpoint saved" in out + err
-    run_entry("run.py", f"resume={run}", cwd=tmp_path / "stopped")
-    a, b = weights(straight), weights(run)
-    assert all(a[k].equal(b[k]) for k in a)
+def newest_metrics(base: Path) -> list[str]:
+    """The lines of the newest run's metrics.jsonl under `base` as they are now ([] before there are any)."""
+    run = newest_run(base)
+    path = run / "metrics.jsonl" if run else None
+    return path.read_text().splitlines() if path is not None and path.exists() else []
 
 
 def last_iter(base: Path) -> int:
-    runs = run_dirs(base) if (base / "outputs").exists() else []
-    path = runs[-1] / "metrics.jsonl" if runs else None
-    if path is None or not path.exists():
-        return -1
-    lines = path.read_text().splitlines()
+    lines = newest_metrics(base)
     return json.loads(lines[-1])["iter"] if lines else -1
 
 
-def wait_for_progress(base: Path, beyond: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while last_iter(base) <= beyond + 1:
-        assert time.time() < deadline, "the run made no progress"
-        time.sleep(0.05)
+def wait_for_progress(base: Path, beyond: int) -> None:
+    """Until the newest run under `base` has logged an iter past `beyond` + 1."""
+    wait_for("the run to make progress", lambda: last_iter(base) > beyond + 1, timeout=120, poll=0.05)
 
 
-def metric_lines(base: Path) -> int:
-    runs = run_dirs(base) if (base / "outputs").exists() else []
-    path = runs[-1] / "metrics.jsonl" if runs else None
-    return len(path.read_text().splitlines()) if path is not None and path.exists() else 0
+def wait_for_lines(base: Path, lines: int, proc: subprocess.Popen) -> None:
+    """Until the newest run under `base` has `lines` lines of metrics, or `proc` has ended."""
+    wait_for(
+        "the run to make progress",
+        lambda: len(newest_metrics(base)) >= lines or proc.poll() is not None,
+        120,
+        poll=0.01,
+    )
+
+
+def test_sigint_and_sigterm_save_and_resume_exactly(tmp_path, char_data):
+    args = ["train.max_iters=60", "train.eval_interval=20", "model.dropout=0.1"]
+    straight = train(tmp_path / "straight", char_data, *args)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        if sig == signal.SIGINT:
+            proc = popen_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=stopped)
+        else:
+            [run] = run_dirs(stopped)
+            proc = popen_entry("run.py", f"resume={run}", cwd=stopped)
+        wait_for_progress(stopped, beyond=0 if sig == signal.SIGINT else last_iter(stopped))
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err
+        [run] = run_dirs(stopped)
+        assert status(run)["status"] == "interrupted"
+        assert "checkpoint saved" in out + err
+    run_entry("run.py", f"resume={run}", cwd=stopped)
+    assert_same_weights(weights(straight), weights(run))
 
 
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
     args = ["train.max_iters=100", "train.eval_interval=2", "train.always_save_checkpoint=true", "model.dropout=0.1"]
-    straight = straight_run(tmp_path / "straight", char_data, *args)
+    straight = train(tmp_path / "straight", char_data, *args)
     work = tmp_path / "killed"
     work.mkdir()
     rng = random.Random(0)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start() -> subprocess.Popen:
-        runs = run_dirs(work) if (work / "outputs").exists() else []
-        if runs and (runs[-1] / "checkpoints" / "latest").exists():
-            return subprocess.Popen(
-                [sys.executable, str(REPO / "run.py"), f"resume={runs[-1]}"],
-                cwd=work,
-                env={**os.environ, **OFFLINE_ENV},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        run = newest_run(work)
+        if run and (run / "checkpoints" / "latest").exists():
+            return popen_entry("run.py", f"resume={run}", cwd=work, **quiet)
         shutil.rmtree(work / "outputs", ignore_errors=True)  # killed before its first checkpoint: start over
-        return popen_run(work, f"paths.data_dir={char_data}", *args)
+        return popen_entry("run.py", *TINY, f"paths.data_dir={char_data}", *args, cwd=work, **quiet)
 
     proc = start()
     for _ in range(20):
         # Let it make a little progress, then kill it at a random moment: mid-step, mid-eval or mid-save.
-        target = metric_lines(work) + rng.randint(1, 3)
-        deadline = time.time() + 120
-        while metric_lines(work) < target and proc.poll() is None:
-            assert time.time() < deadline, "the run made no progress"
-            time.sleep(0.01)
+        wait_for_lines(work, len(newest_metrics(work)) + rng.randint(1, 3), proc)
         time.sleep(rng.uniform(0.0, 0.05))
         assert proc.poll() is None, "the run finished before 20 kills: raise train.max_iters"
         proc.kill()
@@ -430,8 +427,7 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, char_data):
         proc = start()
     assert proc.wait(timeout=600) == 0
     [run] = run_dirs(work)
-    a, b = weights(straight), weights(run)
-    assert all(a[k].equal(b[k]) for k in a)
+    assert_same_weights(weights(straight), weights(run))
     assert losses(straight)[-1] == losses(run)[-1]
 
 
@@ -477,7 +473,7 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), f"resume={run_copy}", "train.max_iters=12"],
         cwd=tmp_path,
-        env={**os.environ, **OFFLINE_ENV},
+        env=process_env(),
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,
@@ -489,7 +485,7 @@ def test_write_error_while_saving_keeps_previous(tmp_path, run_copy):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, char_data):
-    run = straight_run(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
+    run = train(tmp_path / "a", char_data, "train.max_iters=4", "train.eval_interval=4")
     before = snapshot(run / "checkpoints")
     proc = run_entry(
         "run.py", f"resume={run}", "train.max_iters=20", "optim.lr=1e12", "optim.grad_clip=0", cwd=tmp_path, check=False
@@ -519,16 +515,7 @@ def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
     port = free_port()
     procs = []
     for node, data in ((0, char_data), (1, bad)):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            f"--node-rank={node}",
-            "--master-addr=127.0.0.1",
-            f"--master-port={port}",
-            str(REPO / "run.py"),
+        args = [
             *TINY,
             f"paths.data_dir={data}",
             "train.max_iters=200",
@@ -536,12 +523,8 @@ def test_ddp_rank_failure_brings_the_others_down(tmp_path, char_data):
             "data.source=/nonexistent",
         ]
         (tmp_path / f"node{node}").mkdir()
-        env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "NANOGPT_DIST_TIMEOUT": "60"}
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
+        env = process_env(NANOGPT_DIST_TIMEOUT="60")
+        procs.append(popen_command(torchrun_cmd(*args, port=port, nproc=1, node=node), tmp_path / f"node{node}", env))
     started = time.time()
     codes = [p.wait(timeout=240) for p in procs]
     assert all(c != 0 for c in codes), codes

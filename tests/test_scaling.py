@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from nanogpt import isoflop, optim, scaling
 from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig, validate
 from nanogpt.errors import UserError
-from tests.conftest import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 # ---- FLOPs accounting ----
 

@@ -14,23 +14,22 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY, run_dirs
-from tests.test_scale import (
-    ENV,
-    LONG,
+from tests.helpers import (
     LONG_ITERS,
+    REPO,
+    TINY,
     assert_close,
     assert_complete_job,
-    job_training,
+    assert_preempted_job_ended_as_the_reference,
+    job_0_training,
     losses,
+    process_env,
     read_csv,
-    resumed_at,
-    run,
-    run_py,
+    run_command,
+    start_preemptible_sweep,
     status,
     the_sweep,
-    wait_for,
-    weights,
+    train,
 )
 
 SLURM_TOOLS = REPO.parent / "shared" / "tools" / "slurm"
@@ -57,12 +56,13 @@ def _cluster_up(env: dict) -> bool:
 @pytest.fixture(scope="module")
 def slurm_env():
     """The environment of a test that talks to the cluster (SLURM_CONF set), once the cluster is up."""
-    if os.environ.get("SLURM_CONF") and _cluster_up(ENV):
-        yield ENV
+    env = process_env()
+    if os.environ.get("SLURM_CONF") and _cluster_up(env):
+        yield env
         return
     ci_dir = os.environ.get("SLURM_CI_DIR", "/tmp/slurm-ci")
     conf = os.path.join(ci_dir, "etc", "slurm.conf")
-    env = {**ENV, "SLURM_CONF": conf, "SLURM_CI_DIR": ci_dir}
+    env = process_env(SLURM_CONF=conf, SLURM_CI_DIR=ci_dir)
     if os.path.exists(conf) and shutil.which("sinfo") and _cluster_up(env):
         yield env  # started earlier, e.g. by .ci/run: not ours to stop
         return
@@ -84,20 +84,8 @@ def slurm_env():
 
 
 def test_slurm_sweep_is_a_job_array_with_a_dir_per_job(tmp_path, char_data, slurm_env):
-    run(
-        [
-            sys.executable,
-            str(REPO / "run.py"),
-            "-m",
-            *SLURM,
-            *TINY,
-            f"paths.data_dir={char_data}",
-            "train.max_iters=4",
-            "optim.lr=1e-3,3e-3",
-        ],
-        cwd=tmp_path,
-        env=slurm_env,
-    )
+    args = ["-m", *SLURM, *TINY, f"paths.data_dir={char_data}", "train.max_iters=4", "optim.lr=1e-3,3e-3"]
+    run_command([sys.executable, str(REPO / "run.py"), *args], tmp_path, env=slurm_env)
     sweep = the_sweep(tmp_path)
     for job in ("0", "1"):
         assert_complete_job(sweep / job)
@@ -108,15 +96,11 @@ def test_slurm_sweep_is_a_job_array_with_a_dir_per_job(tmp_path, char_data, slur
 
 
 def test_ddp_across_the_tasks_of_a_slurm_job_equals_one_process(tmp_path, char_data, slurm_env):
-    common = [*TINY, f"paths.data_dir={char_data}", "train.max_iters=6", "train.grad_accum=2"]
-    run_py(*common, cwd=tmp_path)
-    [one] = run_dirs(tmp_path)
+    common = ["train.max_iters=6", "train.grad_accum=2"]
+    one = train(tmp_path, char_data, *common)
     # Two tasks of one job: rank, world size and master address come from Slurm's environment.
-    run(
-        [sys.executable, str(REPO / "run.py"), "-m", *SLURM, "hydra.launcher.tasks_per_node=2", *common],
-        cwd=tmp_path,
-        env=slurm_env,
-    )
+    args = ["-m", *SLURM, "hydra.launcher.tasks_per_node=2", *TINY, f"paths.data_dir={char_data}", *common]
+    run_command([sys.executable, str(REPO / "run.py"), *args], tmp_path, env=slurm_env)
     job = the_sweep(tmp_path) / "0"
     assert_complete_job(job)
     assert_close(losses(one), losses(job))
@@ -126,28 +110,10 @@ def test_ddp_across_the_tasks_of_a_slurm_job_equals_one_process(tmp_path, char_d
 def test_preempted_slurm_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, char_data, slurm_env, monkeypatch):
     import submitit
 
-    # Two identical jobs (`name` changes nothing in training): job 0 is preempted, job 1 is the reference.
     name = f"nanogpt-test-{os.getpid()}"
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "run.py"),
-            "-m",
-            *SLURM,
-            f"hydra.launcher.name={name}",
-            *TINY,
-            f"paths.data_dir={char_data}",
-            *LONG,
-            "name=preempted,reference",
-        ],
-        cwd=tmp_path,
-        env=slurm_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    launcher = start_preemptible_sweep(tmp_path, char_data, *SLURM, f"hydra.launcher.name={name}", env=slurm_env)
     try:
-        job = wait_for("job 0 to train", lambda: job_training(tmp_path, "0", 20), proc=launcher)
+        job = job_0_training(tmp_path, launcher)
         [folder] = [p for p in (job.parent / ".submitit").glob("*_0") if p.is_dir()]
         # Preemption as submitit simulates it: scancel --signal SIGTERM, then --signal USR2, to the job's processes.
         monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
@@ -158,12 +124,7 @@ def test_preempted_slurm_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, 
             launcher.kill()
             subprocess.run(["scancel", "--name", name], env=slurm_env, timeout=60)
     assert launcher.returncode == 0, f"{out[-3000:]}\n{err[-5000:]}"
-    sweep = job.parent
-    for j in ("0", "1"):
-        assert_complete_job(sweep / j)
+    assert_preempted_job_ended_as_the_reference(job.parent)  # resumed in the same dir
     log = "".join(p.read_text() for p in folder.glob("*_0_log.*"))  # submitit logs INFO to .out, warnings to .err
     assert "Requeued job" in log, log[-3000:]
-    assert 20 <= resumed_at(sweep / "0") < LONG_ITERS  # from the checkpoint saved on the signal, in the same dir
-    assert status(sweep / "0")["iter"] == LONG_ITERS
-    a, b = weights(sweep / "0"), weights(sweep / "1")
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert status(job.parent / "0")["iter"] == LONG_ITERS
