@@ -13,14 +13,13 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import TINY, run_dirs, run_entry
+from tests.helpers import TINY, one_line_error, run_dirs, run_entry
 
 LINES = [
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
@@ -52,15 +51,6 @@ def corpus_text() -> str:
     rng = random.Random(0)
     text = "\n".join(" ".join(rng.sample(LINES, 4)) for _ in range(150))
     return text + (" " + VAL_ONLY) * (len(text) // 100)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

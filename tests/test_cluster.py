@@ -19,7 +19,7 @@ from nanogpt import device as devices
 from nanogpt.config import DeviceConfig, ModelConfig, OptimConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, KVCache
-from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, free_port, run_dirs, run_entry
 
 # An FSDP step of 8 micro-batches (4 per process) with evaluations over 3 batches (not a multiple of 2 processes),
 # and a peak of 1 MFLOP/s so that MFU is large enough to compare at the 4 decimals metrics.jsonl keeps.
@@ -42,14 +42,6 @@ def torchrun(cwd: Path, script: str, *args: str, check: bool = True) -> subproce
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def records(run_dir: Path) -> list[dict]:

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, free_port, one_line_error, run_dirs, run_entry
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "far", "away", "quickly", "then"]
 
@@ -89,14 +88,6 @@ def eval_run(tmp_path_factory, char_data, hellaswag_file) -> Path:
 
 def files_of(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
 
 
 # ---- fidelity ----
@@ -222,12 +213,6 @@ def test_eval_py_runs_harness_tasks_on_a_character_model(eval_run, tmp_path):
     assert set(report) == {"toy_mc", "toy_roll", "toy_gen"} and all(r["examples"] == 4 for r in report.values())
     assert 0 <= report["toy_mc"]["metrics"]["acc"] <= 1 and report["toy_roll"]["metrics"]["word_perplexity"] > 1
     assert "toy_mc (harness)" in proc.stdout and not (eval_run / "eval" / "best.json").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_in_loop_hellaswag_sharded_over_two_fsdp_processes(tmp_path, char_data, hellaswag_file):
