@@ -164,7 +164,7 @@ def write_report(sweep_dir: str) -> list[str]:
     jobs = find_jobs(sweep_dir)
     common, varying = _varying(jobs)
     task_columns = sorted({k for j in jobs for k in j.task_curves})  # hellaswag_acc, ... when a job has them
-    columns = (*COLUMNS[:4], *task_columns, *COLUMNS[4:])
+    columns = (*COLUMNS[:5], *task_columns, *COLUMNS[5:])  # the tasks after the val loss and its bits per byte
     # The columns after job and overrides are the Job fields of the same names, then the tasks' final scores.
     rows = [
         {

@@ -135,11 +135,8 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     ckpt = checkpoint.find(run_dir, "latest")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw_model, info = _build_model(cfg, ckpt, data_path, dist)
-    if dist.is_main:  # written once the model is built: a refused resume leaves the run's files as they were
+    if dist.is_main:
         tok.copy_to_run(info["tokenizer"], data_path, run_dir)  # sample.py, export.py and evaluation read it there
-        if plan is not None:
-            log.info("plan: %s", scaling.describe(plan))
-            scaling.write_plan(run_dir, plan)
     if not any(p.is_meta for p in raw_model.parameters()):
         raw_model.to(precision.device)
     block_size, vocab_size = raw_model.config.block_size, raw_model.config.vocab_size
@@ -161,6 +158,9 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     state = TrainState()
     if ckpt is not None:
         state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
+    if dist.is_main and plan is not None:  # once resume succeeded: a refused one leaves the run's files as they were
+        log.info("plan: %s", scaling.describe(plan))
+        scaling.write_plan(run_dir, plan)
     # Downstream tasks call raw_model: a full replica under DDP, the sharded module under FSDP, never compiled.
     tasks = TrainingTasks(cfg, info, raw_model, precision, dist) if train_cfg.eval_tasks else None
     metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None

@@ -340,8 +340,8 @@ def test_sweep_report_shows_downstream_metrics_beside_the_val_loss(tmp_path):
         (tmp_path / job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_report(str(tmp_path))
     report = (tmp_path / "report.md").read_text()
-    assert "| best_val_loss | hellaswag_acc | hellaswag_acc_norm | last_train_loss |" in report
-    assert "| 2.0000 | 0.3500 | 0.3600 |" in report  # job 1's last evaluation
+    assert "| best_val_loss | best_val_bpb | hellaswag_acc | hellaswag_acc_norm | last_train_loss |" in report
+    assert "| 2.0000 |  | 0.3500 | 0.3600 |" in report  # job 1's last evaluation (no bits per byte recorded)
     png = (tmp_path / "val_loss.png").read_bytes()
     assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") == 1400  # two panels side by side
 

@@ -70,7 +70,7 @@ def run_copy(tmp_path, trained) -> Path:
         (["+model.foo=1"], "model.foo"),
         (["model=gtp2"], "model=gtp2"),
         (["train.batch_size=abc"], "train.batch_size"),
-        (["optim.lr=["], "optim.lr=["),
+        (["optim.lr=["], "optim.lr: Value '['"),  # free text is quoted for Hydra (issue 14): a type error
         (["train.batch_size=0"], "train.batch_size=0"),
         (["model.block_size=0"], "model.block_size=0"),
         (["model.dropout=1.0"], "model.dropout=1.0"),
