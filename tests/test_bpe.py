@@ -436,3 +436,10 @@ def test_bits_per_byte_and_the_sweep_report(tmp_path):
     rows = (tmp_path / "report.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert [r.split(",")[header.index("best_val_bpb")] for r in rows[1:]] == ["1.2", ""]
+
+
+def test_small_text_gives_a_smaller_vocabulary_with_a_warning(tmp_path, caplog):
+    (tmp_path / "t.txt").write_text(LINES[0] * 20, encoding="utf-8")
+    meta = prepare_here(tmp_path, "small", "bpe", str(tmp_path / "t.txt"), vocab_size=4096)
+    assert 257 < meta["vocab_size"] < 4096 and meta["bpe"]["vocab_size"] == 4096
+    assert f"only enough distinct pairs for {meta['vocab_size']} tokens, not data.vocab_size=4096" in caplog.text
