@@ -474,3 +474,13 @@ def _check_data(d: DataConfig) -> None:
         not (d.streaming and d.dataset is None),
         "data.streaming=true streams a Hugging Face dataset: give data.dataset=<hub name or local folder>",
     )
+    _check(
+        not (d.tokenizer == "bpe" and (d.shards is not None or d.shards_dir is not None)),
+        "data.tokenizer=bpe trains a tokenizer on text, but data.shards/data.shards_dir are already GPT-2 tokens: "
+        "use data.tokenizer=gpt2 with them, or prepare the text itself (data.dataset=...) with data.tokenizer=bpe",
+    )
+    _check(
+        not (d.tokenizer == "bpe" and d.streaming),
+        "data.tokenizer=bpe trains on the whole train split before tokenizing it, which a stream cannot give: "
+        "use data.streaming=false (or data.tokenizer=gpt2 to stream)",
+    )

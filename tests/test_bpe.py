@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TINY, one_line_error, run_dirs, run_entry
+from tests.helpers import TINY, hf_env, one_line_error, run_dirs, run_entry
 
 LINES = [
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
@@ -290,7 +290,7 @@ def test_hf_dataset_documents_end_with_endoftext(tmp_path):
         "data.num_proc=1",
         f"paths.data_dir={tmp_path}",
         cwd=tmp_path,
-        env={"HF_DATASETS_CACHE": str(tmp_path / "cache")},
+        env=hf_env(tmp_path),
     )
     out = tmp_path / "hf"
     meta = json.loads((out / "meta.json").read_text())
@@ -343,6 +343,11 @@ def test_bad_bpe_settings_are_one_line_and_write_nothing(tmp_path):
             prepare_here(tmp_path / "data", "bad", "bpe", str(tmp_path / "t.txt"), **kw)
     with pytest.raises(UserError, match="only applies to data.tokenizer=bpe"):
         prepare_here(tmp_path / "data", "bad", "gpt2", str(tmp_path / "t.txt"), vocab_size=1000)
+    # Pre-tokenized shards are GPT-2's tokens already, and a stream cannot be read twice.
+    with pytest.raises(UserError, match="data.shards/data.shards_dir are already GPT-2 tokens"):
+        prepare_here(tmp_path / "data", "bad", "bpe", None, vocab_size=512, shards_dir=str(tmp_path))
+    with pytest.raises(UserError, match="which a stream cannot give"):
+        prepare_here(tmp_path / "data", "bad", "bpe", None, vocab_size=512, streaming=True, dataset="x")
     assert not (tmp_path / "data").exists()
 
 
@@ -427,6 +432,7 @@ def test_bits_per_byte_and_the_sweep_report(tmp_path):
         "val_bpb": pytest.approx(3.0 / math.log(2) / 3.5),
     }
     assert bits_per_byte({"val": 3.0}, {"vocab_size": 65}) == {}
+    assert bits_per_byte({"val": 3.0}, {"bytes_per_token": 4.5}) == {"val_bpb": pytest.approx(3.0 / math.log(2) / 4.5)}
     for job, bpb in (("0", [1.5, 1.2, 1.3]), ("1", [])):
         (tmp_path / job).mkdir()
         records = [{"iter": i, "val_loss": 2.0 - i / 10, **({"val_bpb": b} if b else {})} for i, b in enumerate(bpb)]
