@@ -24,13 +24,9 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nanogpt.errors import UserError
-
-if TYPE_CHECKING:
-    from nanogpt.config import DataConfig
-    from nanogpt.tokenizer import BPETokenizer
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +73,6 @@ def train(texts: Iterable[str], vocab_size: int, pattern: str, length: int | Non
     # warns in every worker that it disables the parallelism it had used.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return tk.to_str()
-
-
-def train_for_dataset(
-    data: DataConfig, texts: Iterable[str], length: int | None, trained_on: str
-) -> tuple[BPETokenizer, dict]:
-    """The data set's tokenizer, trained on its train split (`texts`), and the settings meta.json records."""
-    import tokenizers
-
-    from nanogpt.tokenizer import BPETokenizer
-
-    assert data.vocab_size is not None
-    log.info("training a byte-level BPE of %d tokens on %s", data.vocab_size, trained_on)
-    tokenizer = BPETokenizer(train(texts, data.vocab_size, data.bpe_pattern, length))
-    if tokenizer.vocab_size < data.vocab_size:
-        log.warning(
-            "the training text has only enough distinct pairs for %d tokens, not data.vocab_size=%d (more text, or "
-            "a smaller data.vocab_size, gives a full vocabulary)",
-            tokenizer.vocab_size,
-            data.vocab_size,
-        )
-    settings = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern, "special_tokens": [EOT]}
-    return tokenizer, {**settings, "trained_on": trained_on, "tokenizers": tokenizers.__version__}
 
 
 def text_chunks(text: str) -> Iterator[str]:

@@ -12,8 +12,10 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any, Protocol
 
+from nanogpt.config import DataConfig
 from nanogpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,28 @@ def _remedy(folder: str) -> str:
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def train_bpe_for_dataset(
+    data: DataConfig, texts: Iterable[str], length: int | None, trained_on: str
+) -> tuple[BPETokenizer, dict]:
+    """The data set's tokenizer, trained on its train split (`texts`), and the settings meta.json records."""
+    import tokenizers
+
+    from nanogpt import bpe
+
+    assert data.vocab_size is not None
+    log.info("training a byte-level BPE of %d tokens on %s", data.vocab_size, trained_on)
+    tokenizer = BPETokenizer(bpe.train(texts, data.vocab_size, data.bpe_pattern, length))
+    if tokenizer.vocab_size < data.vocab_size:
+        log.warning(
+            "the training text has only enough distinct pairs for %d tokens, not data.vocab_size=%d (more text, or "
+            "a smaller data.vocab_size, gives a full vocabulary)",
+            tokenizer.vocab_size,
+            data.vocab_size,
+        )
+    settings = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern, "special_tokens": [bpe.EOT]}
+    return tokenizer, {**settings, "trained_on": trained_on, "tokenizers": tokenizers.__version__}
 
 
 def from_meta(meta: dict, folder: str | None = None) -> Tokenizer:

@@ -122,12 +122,10 @@ def _tokenizer(
         chars = char_vocabulary(splits, num_proc)
         return tok.CharTokenizer(chars), ("char", chars)
     if data.tokenizer == "bpe":
-        from nanogpt import bpe
-
         train = splits["train"]
         trained_on = f"the train split: {len(train):,} documents of {source}"
         texts = (batch["text"] for batch in train.iter(batch_size=1000))
-        tokenizer, extra["bpe"] = bpe.train_for_dataset(data, texts, len(train), trained_on)
+        tokenizer, extra["bpe"] = tok.train_bpe_for_dataset(data, texts, len(train), trained_on)
         return tokenizer, ("bpe", tokenizer.definition)
     return tok.GPT2Tokenizer(), ("gpt2",)
 

@@ -51,10 +51,8 @@ def prepare(data: DataConfig, data_dir: str, force: bool = False) -> str:
     docs = {"train": _documents(loaded, 0, n), "val": _documents(loaded, n, len(text))}
     meta: dict = {}
     if data.tokenizer == "bpe":
-        from nanogpt import bpe
-
         trained_on = f"the train split: {n:,} characters of {loaded.source}"
-        tokenizer, meta["bpe"] = bpe.train_for_dataset(data, _chunks(docs["train"]), None, trained_on)
+        tokenizer, meta["bpe"] = tok.train_bpe_for_dataset(data, _chunks(docs["train"]), None, trained_on)
     else:
         tokenizer = tok.CharTokenizer.from_text(text) if data.tokenizer == "char" else tok.GPT2Tokenizer()
     ids = {split: encode_documents(tokenizer, docs[split]) for split in SPLITS}
