@@ -115,7 +115,9 @@ class DeviceConfig:
     """Where and in what precision to run (`conf/device/`)."""
 
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto: bf16 on GPUs and AMX CPUs, fp16 on older GPUs, else fp32 | float32 | bfloat16 | float16
+    # auto: bf16 on GPUs that have it natively and on CPUs with bf16 dot products (AVX512-BF16, AMX, Arm BF16 with
+    # oneDNN), fp16 on older GPUs, else fp32 | float32 | bfloat16 | float16
+    dtype: str = "auto"
     # torch.compile the model; null: on CUDA GPUs only (experiment=shakespeare_char, like nanoGPT's GPU figure), where
     # it pays for itself within minutes; on CPUs and MPS it does not in a short run (docs/BENCHMARKS.md).
     compile: bool | None = False

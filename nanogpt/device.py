@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +90,58 @@ def cpu_has_amx() -> bool:
         return False
 
 
+# Feature flags (Linux's /proc/cpuinfo names) that mean bf16 dot products in hardware: AVX512-BF16 (Intel Cooper
+# Lake, Sapphire Rapids and later; AMD Zen 4 and later), AMX-BF16 (Sapphire Rapids and later), Arm's BF16
+# extension (Neoverse V1/N2: Graviton 3 and 4, Grace; Apple M2 and later, where macOS names it FEAT_BF16).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def parse_cpuinfo(text: str) -> frozenset[str]:
+    """The feature flags of /proc/cpuinfo's first processor: `flags` on x86, `Features` on Arm."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.lower().split())
+    return frozenset()
+
+
+def parse_sysctl(text: str) -> frozenset[str]:
+    """The features `sysctl hw.optional` reports as present on macOS, under Linux's names (FEAT_BF16 -> bf16)."""
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if value.strip() == "1":
+            name = key.strip().rsplit(".", 1)[-1].lower()
+            flags.add(name.removeprefix("feat_"))
+    return frozenset(flags)
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """This CPU's feature flags, lower case (Linux's names); empty where the OS does not tell."""
+    try:
+        if sys.platform == "darwin":
+            out = subprocess.run(["sysctl", "hw.optional"], capture_output=True, text=True, timeout=5).stdout
+            return parse_sysctl(out)
+        with open("/proc/cpuinfo") as f:
+            return parse_cpuinfo(f.read())
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+
+
+def cpu_trains_faster_in_bf16(features: frozenset[str] | None = None) -> bool:
+    """Whether bf16 autocast beats fp32 for training on this CPU: it needs bf16 dot products in hardware and
+    PyTorch's oneDNN to use them. Without them bf16 is emulated, slower than fp32. macOS builds of PyTorch have no
+    oneDNN: their fp32 matmuls go to Accelerate (Apple's matrix units) and bf16 ones to a generic loop, so Macs
+    stay in fp32 even with FEAT_BF16 (inferred, not measured: docs/BENCHMARKS.md lists what was measured)."""
+    if cpu_has_amx():
+        return True
+    if not (BF16_FLAGS & (cpu_features() if features is None else features)):
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private, so looked up with care
+    return torch.backends.mkldnn.is_available() and check is not None and bool(check())
+
+
 def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     """The device and dtype `cfg` asks for, checked against what this machine has."""
     kind = cfg.device.split(":")[0]
@@ -111,9 +166,9 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     # it is slow, without flash attention; those GPUs train in fp16 with a grad scaler instead.
     cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if cfg.dtype == "auto":
-        # CPUs with AMX tiles run bf16 matmuls ~6x faster than fp32 (measured on a Sapphire Rapids core, see
-        # docs/BENCHMARKS.md); CPUs without bf16 units emulate them, far slower than fp32, and stay fp32.
-        bf16_ok = cuda_bf16 if kind == "cuda" else kind == "cpu" and cpu_has_amx()
+        # CPUs with bf16 dot products run bf16 matmuls 2.3x (Zen 4's AVX512-BF16) to ~6x (AMX) faster than fp32
+        # (docs/BENCHMARKS.md); CPUs without them emulate bf16, slower than fp32, and stay fp32.
+        bf16_ok = cuda_bf16 if kind == "cuda" else kind == "cpu" and cpu_trains_faster_in_bf16()
         dtype = torch.bfloat16 if bf16_ok else (torch.float16 if kind == "cuda" else torch.float32)
     else:
         dtype = DTYPES[cfg.dtype]

@@ -31,12 +31,12 @@ def test_train_and_sample_paths_import_no_heavy_libraries(tmp_path, char_data):
     assert heavy(imported("sample.py", f"run={run}", "max_new_tokens=2", "num_samples=1", cwd=tmp_path)) == []
 
 
-def test_recipe_runs_in_bf16_where_the_cpu_has_amx(tmp_path, char_data):
-    """dtype=auto picks bf16 autocast only on CPUs with bf16 matrix units, else fp32."""
-    from nanogpt.device import cpu_has_amx
+def test_recipe_runs_in_bf16_where_the_cpu_has_bf16_dot_products(tmp_path, char_data):
+    """dtype=auto picks bf16 autocast only on CPUs with bf16 dot products (AVX512-BF16, AMX, Arm BF16), else fp32."""
+    from nanogpt.device import cpu_trains_faster_in_bf16
 
     args = ["experiment=shakespeare_char_cpu", f"paths.data_dir={char_data}", "train.max_iters=2", "device.dtype=auto"]
     args += ["train.eval_iters=1", "optim.warmup_iters=1", "optim.lr_decay_iters=2"]
     proc = run_entry("run.py", *args, cwd=tmp_path)
-    expected = "bfloat16 on cpu" if cpu_has_amx() else "float32 on cpu"
+    expected = "bfloat16 on cpu" if cpu_trains_faster_in_bf16() else "float32 on cpu"
     assert expected in proc.stdout + proc.stderr
