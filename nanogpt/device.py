@@ -58,7 +58,8 @@ class Precision:
             return contextlib.nullcontext()
         if self.device.type == "cpu":
             # The CPU's fused (flash) attention kernel is slow in bf16, its backward ~10x slower than in fp32 on
-            # short blocks; the plain matmul-softmax-matmul path runs on the same bf16 matrix units as the rest.
+            # short blocks. Training's causal attention is written out (model.causal_attention_matmuls); what still
+            # goes through scaled_dot_product_attention (a KV cache's masked attention) takes its plain path.
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             stack = contextlib.ExitStack()

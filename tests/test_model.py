@@ -110,3 +110,29 @@ def test_flops_and_optimizer_groups():
     assert len(decayed) + len(groups[1]["params"]) == len(list(model.parameters()))
     cfg = model.config
     assert model.flops_per_token() == 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def test_cpu_autocast_attention_matches_sdpa():
+    """Under bf16 autocast on a CPU, attention is written out as matmuls (model.causal_attention_matmuls): its output
+    and gradients match PyTorch's attention in fp64 on the same bf16 inputs, to bf16's precision, and the model
+    takes that path (its bf16 loss stays within bf16 rounding of the fp32 one)."""
+    from nanogpt.model import causal_attention_matmuls
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 40, 16).bfloat16().requires_grad_() for _ in range(3))
+    grad = torch.randn(3, 4, 40, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = causal_attention_matmuls(q, k, v, 0.0)
+    y.float().backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*ref_inputs, is_causal=True)
+    ref.backward(grad.double())
+    assert y.dtype == torch.bfloat16 and (y.double() - ref).abs().max() < 2e-2
+    for ours, theirs in zip((q, k, v), ref_inputs, strict=True):
+        assert (ours.grad.double() - theirs.grad).abs().max() < 5e-2 * theirs.grad.abs().max()
+
+    model, x = tiny(), torch.randint(0, 101, (2, 48))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss_bf16 = model(x, x)
+        dropped = causal_attention_matmuls(q, k, v, 0.5)  # dropout in training runs and keeps the shape
+    assert abs(loss_bf16.item() - model(x, x)[1].item()) < 0.02 and dropped.shape == q.shape
