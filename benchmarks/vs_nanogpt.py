@@ -13,10 +13,11 @@ token files are compared byte for byte and the line says whether they are the sa
 
 Each round runs both, in alternating order, as fresh processes. Per run: the whole process's wall time and CPU
 time (user + system, from the kernel's accounting of the finished child: on a machine shared with other jobs it
-moves far less than wall time), the median ms/iter as each program prints it (nanoGPT times each iteration, the
-evaluations inside the ones they precede; ours excludes evaluations), the val loss at the last evaluation, and the
-seconds from launch to the first evaluation at or below `--target`. Ratios are ours / nanoGPT's, taken per round;
-the line quotes their median and the load average before and after.
+moves far less than wall time; time the process spends stopped by someone else's SIGSTOP is left out of wall), the
+median ms/iter as each program prints it (nanoGPT times each iteration, the evaluations inside the ones they
+precede; ours excludes evaluations), the val loss at the last evaluation, and the seconds from launch to the first
+evaluation at or below `--target`. Ratios are ours / nanoGPT's, taken per round; the line quotes their median and
+the load average before and after.
 
 Prints one line: `vs_nanogpt: <experiment> vs nanoGPT train.py, ... wall ours <s> vs <s> = <x> ...`.
 """
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,7 @@ WARMUP = 10  # iterations left out of the ms/iter median
 class Run:
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    stopped_s: float = 0.0  # seconds the process was stopped by someone else, left out of wall_s
     iter_ms: list[tuple[int, float]] = field(default_factory=list)  # (iter, ms) as the program printed them
     evals: list[tuple[int, float, float]] = field(default_factory=list)  # (iter, val loss, seconds since launch)
 
@@ -92,19 +95,41 @@ def checkout_copy(src: Path, dst: Path) -> None:
         raise SystemExit(f"{src} does not look like nanoGPT: no train.py or data/shakespeare_char/prepare.py")
 
 
+class StoppedTime(threading.Thread):
+    """Seconds a process spends stopped (SIGSTOP, state T in /proc/<pid>/stat), sampled every 0.2 s: on a machine
+    shared with jobs that pause one another, those seconds are not the program's and are left out of its wall time.
+    Counts nothing where /proc does not exist."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.seconds, self.done = pid, 0.0, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return
+            self.seconds += 0.2 if state in ("T", "t") else 0.0
+
+
 def timed(cmd: list[str], cwd: Path, env: dict, iter_re: re.Pattern, eval_re: re.Pattern) -> Run:
     """Run `cmd`, reading its output as it comes: per-iteration times and timed evaluations."""
     run, lines = Run(), []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        stopped = StoppedTime(p.pid)
         for line in p.stdout:
             lines.append(line)
             if m := iter_re.search(line):
                 run.iter_ms.append((int(m.group(1)), float(m.group(2))))
             elif m := eval_re.search(line):
-                run.evals.append((int(m.group(1)), float(m.group(2)), time.perf_counter() - t0))
-    run.wall_s = time.perf_counter() - t0
+                run.evals.append((int(m.group(1)), float(m.group(2)), time.perf_counter() - t0 - stopped.seconds))
+    stopped.done.set()
+    run.wall_s, run.stopped_s = time.perf_counter() - t0 - stopped.seconds, stopped.seconds
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     run.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if p.returncode != 0 or not run.evals or not run.iter_ms:
@@ -155,7 +180,8 @@ def main() -> None:
                 if args.verbose:
                     hit = res.reached(args.target)
                     print(
-                        f"  round {r} {who}: wall {res.wall_s:.1f} s, cpu {res.cpu_s:.1f} s, "
+                        f"  round {r} {who}: wall {res.wall_s:.1f} s (stopped {res.stopped_s:.0f} s left out), "
+                        f"cpu {res.cpu_s:.1f} s, "
                         f"{res.ms_per_iter:.1f} ms/iter, val {res.evals[-1][1]:.4f} at "
                         f"{res.evals[-1][0]}, {args.target} at {'-' if hit is None else f'{hit:.1f} s'}",
                         flush=True,
@@ -176,6 +202,8 @@ def summary(runs: dict[str, list[Run]], args: argparse.Namespace, iters: int, sa
     def ms(r: Run) -> float:
         return r.ms_per_iter
 
+    stopped_s = sum(r.stopped_s for r in ours + theirs)
+    stopped = f"{stopped_s:.0f} s stopped by other jobs left out; " if stopped_s else ""
     hits = [o.reached(args.target) for o in ours]
     if all(h is not None for h in hits):
         to_target = [h / t.wall_s for h, t in zip(hits, theirs, strict=True)]
@@ -192,7 +220,7 @@ def summary(runs: dict[str, list[Run]], args: argparse.Namespace, iters: int, sa
         f" s vs {med(theirs, lambda r: r.cpu_s):.1f} s = {ratio(lambda r: r.cpu_s)}; ms/iter {med(ours, ms):.1f} vs "
         f"{med(theirs, ms):.1f} = {ratio(ms)}; val ours {med(ours, lambda r: r.evals[-1][1]):.4f} at "
         f"{ours[0].evals[-1][0]} vs {med(theirs, lambda r: r.evals[-1][1]):.4f} at {theirs[0].evals[-1][0]}; {reach}; "
-        f"same tokens: {'yes' if same else 'NO'}; threads {args.threads or 'default'}; "
+        f"same tokens: {'yes' if same else 'NO'}; threads {args.threads or 'default'}; {stopped}"
         f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 
