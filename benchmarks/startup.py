@@ -1,14 +1,16 @@
 """Start-up: `python run.py` to its first training step and `python sample.py` to its first token, against the
 time of `python -c "import torch"` measured alternately in the same run.
 
-    python benchmarks/startup.py [--rounds 5] [--corpus ../shared/data/tinyshakespeare.txt]
+    python benchmarks/startup.py [--rounds 5] [--corpus ../shared/data/tinyshakespeare.txt] [--compiled]
 
 run.py: the CPU recipe (`experiment=shakespeare_char_cpu`, with `train.eval_iters=1` so the evaluation at iter 0
 weighs one batch per split), timed from the launch to the moment its first step's record lands in metrics.jsonl
 (polled every 2 ms). The nanoGPT-way loop of benchmarks/train_step.py (a plain script: import torch and numpy,
 build the model and AdamW, evaluate one batch per split, step) is timed the same way. sample.py: from a checkpoint
 of that recipe, `max_new_tokens=1`, timed to the moment the generated character appears on its stdout. Also checks
-that neither path imports transformers, datasets, wandb or tiktoken (`python -X importtime`).
+that neither path imports transformers, datasets, wandb or tiktoken (`python -X importtime`). `--compiled` also
+times run.py with `device.compile=true` on a warm Inductor cache (filled by one compiled run first, in a temporary
+TORCHINDUCTOR_CACHE_DIR) to its first step: what a compiled run adds to start-up once its graphs are cached.
 
 Prints one line: `startup: import torch <s>; run.py to first step <s> (+<s>; ...); sample.py to first token ...`.
 """
@@ -101,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default=CORPUS)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compiled", action="store_true", help="also time a warm compiled run.py to its first step")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
@@ -126,10 +129,15 @@ def main() -> None:
         run_args = [*base, "train.eval_iters=1"]
         sample_args = [f"run={run_dir}", "start=ROMEO:", "num_samples=1", "max_new_tokens=1"]
         outputs = Path(tmp) / "outputs" / "shakespeare_char_cpu"
-        times: dict[str, list[float]] = {"torch": [], "run": [], "base": [], "sample": []}
+        times: dict[str, list[float]] = {"torch": [], "run": [], "base": [], "sample": [], "compiled": []}
+        if args.compiled:
+            ENV["TORCHINDUCTOR_CACHE_DIR"] = f"{tmp}/inductor"
+            time_to_first_step([*run_args, "device.compile=true"], tmp, outputs)  # fills the cache
         for _ in range(args.rounds):
             times["torch"].append(time_import_torch(tmp))
             times["run"].append(time_to_first_step(run_args, tmp, outputs))
+            if args.compiled:
+                times["compiled"].append(time_to_first_step([*run_args, "device.compile=true"], tmp, outputs))
             times["base"].append(run_baseline(f"{tmp}/data", 1, tmp, eval_iters=1)["first_step_s"])
             times["sample"].append(time_to_first_token(sample_args, tmp, "ROMEO:"))
         heavy = heavy_imports(
@@ -138,12 +146,15 @@ def main() -> None:
             tmp,
         )
         heavy += heavy_imports("sample.py", sample_args, tmp)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    compiled = ""
+    if args.compiled:
+        compiled = f"warm compiled run.py {med['compiled']:.2f} s (+{med['compiled'] - med['run']:.2f} s); "
     print(
         f"startup: import torch {med['torch']:.2f} s; run.py to first step {med['run']:.2f} s "
         f"(+{med['run'] - med['torch']:.2f} s; nanoGPT-way loop {med['base']:.2f} s); "
         f"sample.py to first token {med['sample']:.2f} s "
-        f"(+{med['sample'] - med['torch']:.2f} s); heavy imports: {', '.join(heavy) or 'none'}; "
+        f"(+{med['sample'] - med['torch']:.2f} s); {compiled}heavy imports: {', '.join(heavy) or 'none'}; "
         f"median of {args.rounds} rounds"
     )
 

@@ -170,6 +170,23 @@ def test_compile_on_cpu(tmp_path, char_data, hellaswag_file):
     assert [r["iter"] for r in scored] == [0, 3] and all(0 <= r["hellaswag_acc"] <= 1 for r in scored)
 
 
+def test_compile_auto_compiles_once_the_cache_is_warm(tmp_path, char_data):
+    """device.compile=true compiles into Inductor's cache (TORCHINDUCTOR_CACHE_DIR here, else
+    ~/.cache/nanogpt/inductor); device.compile=null (auto) then compiles the same graphs on a CPU, and runs a
+    short run of graphs never compiled eagerly."""
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    common = [*TINY, f"paths.data_dir={char_data}", "train.max_iters=3", "model.n_layer=1"]
+    for i, (setting, shape, compiles) in enumerate([("true", 1, True), ("null", 1, True), ("null", 2, False)]):
+        (tmp_path / str(i)).mkdir()
+        args = [*common, f"device.compile={setting}", f"model.n_layer={shape}"]
+        proc = run_entry("run.py", *args, cwd=tmp_path / str(i), env=env)
+        assert ("compiling the model" in proc.stdout + proc.stderr) == compiles, (setting, shape)
+        [run] = run_dirs(tmp_path / str(i))
+        assert json.loads((run / "status.json").read_text())["status"] == "completed"
+        assert len([r for r in metrics(run) if "loss" in r]) == 3
+    assert len(list((tmp_path / "inductor" / "nanogpt-compiled").iterdir())) == 1  # the one compiled shape
+
+
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
     from nanogpt.metrics import read_metrics
 
