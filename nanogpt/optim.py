@@ -16,6 +16,7 @@ import torch
 from nanogpt.config import OptimConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.muon import BatchedMuon
 
 log = logging.getLogger("nanogpt")
 
@@ -37,8 +38,9 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
     adamw = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
     optimizers: list[torch.optim.Optimizer] = [adamw]
     if hidden:
-        muon = torch.optim.Muon(
+        muon = BatchedMuon(
             hidden,
+            ns_dtype=newton_schulz_dtype(device_type),
             lr=o.muon_lr,
             weight_decay=o.muon_weight_decay,
             momentum=o.muon_momentum,
@@ -51,6 +53,13 @@ def build(model: GPT, o: OptimConfig, device_type: str) -> list[torch.optim.Opti
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
     return optimizers
+
+
+def newton_schulz_dtype(device_type: str) -> torch.dtype:
+    """bf16 where its matmuls are native (GPUs, Macs' MPS, CPUs with bf16 dot products), fp32 on other CPUs."""
+    from nanogpt.device import cpu_trains_faster_in_bf16
+
+    return torch.bfloat16 if device_type != "cpu" or cpu_trains_faster_in_bf16() else torch.float32
 
 
 def load_states(optimizers: list[torch.optim.Optimizer], states: list[dict], model: torch.nn.Module) -> None:

@@ -133,6 +133,41 @@ def test_muon_state_loads_with_weights_only():
     assert len(saved[1]["state"]) == 8 and all("momentum_buffer" in s for s in saved[1]["state"].values())
 
 
+def test_batched_muon_equals_torch_muon_bit_for_bit():
+    """nanogpt.muon.BatchedMuon (the Newton-Schulz iterations batched per matrix shape) takes the same steps as
+    torch.optim.Muon, one matrix at a time, to the bit, and keeps its state format; in fp32 (CPUs without bf16 dot
+    products) it stays within bf16's rounding of them."""
+    from nanogpt.muon import BatchedMuon
+
+    torch.manual_seed(0)
+    shapes = [(96, 32), (32, 32), (128, 32), (32, 128)] * 2 + [(40, 24)]
+    start = [torch.randn(s) * 0.02 for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    hyper = dict(lr=0.02, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5, adjust_lr_fn="original")
+    results = []
+    for make in (
+        lambda ps: torch.optim.Muon(ps, **hyper),
+        lambda ps: BatchedMuon(ps, **hyper),
+        lambda ps: BatchedMuon(ps, ns_dtype=torch.float32, **hyper),
+    ):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = make(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results.append((params, opt.state_dict()))
+    (ref, ref_state), (batched, batched_state), (fp32, _) = results
+    assert all(torch.equal(a, b) for a, b in zip(ref, batched, strict=True))
+    assert ref_state["param_groups"] == batched_state["param_groups"]
+    assert all(
+        torch.equal(ref_state["state"][i]["momentum_buffer"], batched_state["state"][i]["momentum_buffer"])
+        for i in ref_state["state"]
+    )
+    moved = [(b - s).abs().max() for b, s in zip(ref, start, strict=True)]
+    assert all((f - b).abs().max() < 0.05 * m for f, b, m in zip(fp32, ref, moved, strict=True))
+
+
 # ---- validation ----
 
 
