@@ -1,13 +1,16 @@
 """Sampling speed: our KV-cache generation against full recompute per token (nanoGPT's way) and Hugging Face.
 
-    python benchmarks/sampling.py [--rounds 3] [--prompt 512] [--new 200] [--recompute-rounds 1]
+    python benchmarks/sampling.py [--rounds 3] [--prompt 512] [--new 200] [--recompute-rounds 1] [--process-rounds 3]
 
 GPT-2 124M shapes with random weights, fp32 on the CPU, batch 1, a `--prompt`-token prompt and `--new` new tokens,
 greedy. The same weights serve three generators, timed in alternation, in one process:
   ours       GPT.generate: one prefill of the prompt, then one token per step against the KV cache
   recompute  nanoGPT's generate: the whole (growing) sequence through the model for every new token
   hf         transformers' GPT2LMHeadModel.generate(use_cache=True) on a copy made by nanogpt.pretrained
-Then the character model of the CPU recipe (4 layers, 128 wide, block 64): ours against recompute, 500 tokens.
+Then the character model of the CPU recipe (4 layers, 128 wide, block 64): ours against recompute, 500 tokens; and
+`python sample.py run=<a run of the CPU recipe> num_samples=1 max_new_tokens=500` timed as a whole process, launch
+to exit, against `python -c "import torch"` alternately (`--process-rounds`; 0 skips it). `--recompute-rounds 0`
+skips full recompute (minutes at 124M).
 
 Prints one line: `sampling: 124M ours <tok/s>, <x> recompute, <y> Hugging Face; char model ...`. Time is from the
 prompt to the last new token (prefill included); tokens/s counts new tokens.
@@ -18,13 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when run as benchmarks/sampling.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 import torch  # noqa: E402
 
@@ -48,6 +54,30 @@ def timed(fn) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
+def sample_process(args: argparse.Namespace) -> str:
+    """The whole `python sample.py` process on a run of the CPU recipe (2 steps of it: the weights do not change
+    the speed), `--char-new` tokens, one sample, against `python -c "import torch"`, alternately."""
+    if not args.process_rounds:
+        return ""
+    from common import CORPUS, ENV, REPO, prepare_char
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_char(f"{tmp}/data", CORPUS, tmp)
+        train = [sys.executable, str(REPO / "run.py"), "experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data"]
+        train += ["train.max_iters=2", "train.eval_iters=1", "optim.warmup_iters=1", "optim.lr_decay_iters=2"]
+        subprocess.run(train, cwd=tmp, env=ENV, check=True, capture_output=True)
+        sample = [sys.executable, str(REPO / "sample.py"), f"run={tmp}/outputs/shakespeare_char_cpu/latest"]
+        sample += ["num_samples=1", f"max_new_tokens={args.char_new}"]
+        times: dict[str, list[float]] = {"sample": [], "torch": []}
+        for _ in range(args.process_rounds):
+            for name, cmd in (("sample", sample), ("torch", [sys.executable, "-c", "import torch"])):
+                t0 = time.perf_counter()
+                subprocess.run(cmd, cwd=tmp, env=ENV, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - t0)
+    s, t = statistics.median(times["sample"]), statistics.median(times["torch"])
+    return f"sample.py process ({args.char_new} tokens) {s:.2f} s (import torch {t:.2f} s); "
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of ours and Hugging Face")
@@ -55,8 +85,10 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--char-new", type=int, default=500)
+    ap.add_argument("--process-rounds", type=int, default=3, help="rounds of the whole sample.py process")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()[0]
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from nanogpt.pretrained import from_hf_model
@@ -98,7 +130,13 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items() if v}
     tps = {k: args.new / v for k, v in med.items()}
     vs_hf = statistics.median(h / o for o, h in zip(times["ours"], times["hf"], strict=True))
-    same = {k: int((outs[k][0, args.prompt :] == outs["ours"][0, args.prompt :]).sum()) for k in ("hf", "recompute")}
+    same = {k: int((v[0, args.prompt :] == outs["ours"][0, args.prompt :]).sum()) for k, v in outs.items()}
+    recomputed = (
+        f"{med['recompute'] / med['ours']:.1f}x full recompute ({tps['recompute']:.2f} tokens/s, same greedy tokens "
+        f"{same['recompute']}/{args.new}) and "
+        if "recompute" in med
+        else ""
+    )
 
     # The character model of the CPU recipe: the cache is rebuilt every half block past block_size.
     torch.manual_seed(0)
@@ -113,11 +151,10 @@ def main() -> None:
 
     print(
         f"sampling: GPT-2 124M fp32 batch 1, {args.prompt}-token prompt, {args.new} new: ours {tps['ours']:.1f} "
-        f"tokens/s = {med['recompute'] / med['ours']:.1f}x full recompute ({tps['recompute']:.2f} tokens/s) and "
-        f"{vs_hf:.2f}x Hugging Face generate ({tps['hf']:.1f} tokens/s); same greedy tokens as HF "
-        f"{same['hf']}/{args.new}, as recompute {same['recompute']}/{args.new}; char model (4x128, block 64): ours "
-        f"{char_tps['ours']:,.0f} tokens/s = {char_tps['ours'] / char_tps['recompute']:.1f}x recompute; "
-        f"threads {torch.get_num_threads()}, median of {args.rounds} rounds"
+        f"tokens/s = {recomputed}{vs_hf:.2f}x Hugging Face generate ({tps['hf']:.1f} tokens/s; same greedy tokens "
+        f"{same['hf']}/{args.new}); char model (4x128, block 64): ours {char_tps['ours']:,.0f} tokens/s = "
+        f"{char_tps['ours'] / char_tps['recompute']:.1f}x recompute; {sample_process(args)}threads "
+        f"{torch.get_num_threads()}, median of {args.rounds} rounds, load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 
 
