@@ -20,6 +20,14 @@ def shakespeare() -> Path:
     return SHAKESPEARE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory) -> Path:
+    """Compiled graphs go to a session dir, never into the user's ~/.cache (nanogpt/compiling.py's default)."""
+    path = tmp_path_factory.mktemp("inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory, shakespeare) -> Path:
     """A data root holding shakespeare_char prepared from the real corpus (prepared once per session)."""

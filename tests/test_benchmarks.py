@@ -5,10 +5,9 @@ that it is ready the day a GPU is lent."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
-from tests.helpers import run_entry
+from tests.helpers import run_command, run_entry
 
 
 def test_gpu_benchmark_smoke_run(tmp_path, shakespeare):
@@ -58,11 +57,9 @@ def test_vs_nanogpt_runs_the_checkout_and_ours_alternately(tmp_path, shakespeare
     (fake / "config" / "train_shakespeare_char.py").write_text("out_dir = 'out-shakespeare-char'\n")
     (fake / "data" / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
     for git in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
-        subprocess.run(["git", *git], cwd=fake, check=True)
-    cmd = [sys.executable, str(REPO / "benchmarks" / "vs_nanogpt.py"), "--nanogpt", str(fake / ".git")]
-    cmd += ["--corpus", str(shakespeare), "--rounds", "1", "--iters", "12", "--target", "3.5", "train.eval_iters=2"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        run_command(["git", *git], cwd=fake)
+    args = ["--nanogpt", str(fake / ".git"), "--corpus", str(shakespeare), "--rounds", "1", "--iters", "12"]
+    proc = run_entry("benchmarks/vs_nanogpt.py", *args, "--target", "3.5", "train.eval_iters=2", cwd=tmp_path)
     line = proc.stdout.strip().splitlines()[-1]
     wall = re.search(r"wall ours ([\d.]+) s vs ([\d.]+) s = ([\d.]+)x", line)
     assert wall and float(wall[3]) > 3, line  # ours / theirs: a real run against a stand-in that only prints

@@ -131,7 +131,7 @@ def test_cpu_autocast_attention_matches_sdpa():
     for ours, theirs in zip((q, k, v), ref_inputs, strict=True):
         assert (ours.grad.double() - theirs.grad).abs().max() < 5e-2 * theirs.grad.abs().max()
 
-    model, x = tiny(), torch.randint(0, 101, (2, 48))
+    model, x = tiny_gpt(), torch.randint(0, 101, (2, 48))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, loss_bf16 = model(x, x)
         dropped = causal_attention_matmuls(q, k, v, 0.5)  # dropout in training runs and keeps the shape

@@ -160,30 +160,24 @@ def test_ddp_two_processes_equal_one(tmp_path, char_data, optimizer):
     assert_runs_agree(one, two)
 
 
-def test_compile_on_cpu(tmp_path, char_data, hellaswag_file):
-    # With HellaSwag scored at each evaluation: it calls the model uncompiled (its lengths vary), the loop compiled.
-    tasks = ["train.eval_tasks=[hellaswag]", f"eval.hellaswag_file={hellaswag_file}"]
-    run = train(tmp_path, char_data, "train.max_iters=3", "device.compile=true", "model.n_layer=1", *tasks)
-    assert status(run)["status"] == "completed"
-    assert len([r for r in metrics(run) if "loss" in r]) == 3
-    scored = [r for r in metrics(run) if "hellaswag_acc_norm" in r]
-    assert [r["iter"] for r in scored] == [0, 3] and all(0 <= r["hellaswag_acc"] <= 1 for r in scored)
-
-
-def test_compile_auto_compiles_once_the_cache_is_warm(tmp_path, char_data):
-    """device.compile=true compiles into Inductor's cache (TORCHINDUCTOR_CACHE_DIR here, else
-    ~/.cache/nanogpt/inductor); device.compile=null (auto) then compiles the same graphs on a CPU, and runs a
-    short run of graphs never compiled eagerly."""
+def test_compile_on_cpu_then_auto_once_the_cache_is_warm(tmp_path, char_data, hellaswag_file):
+    """device.compile=true compiles the loop's model (HellaSwag, scored at each evaluation, calls it uncompiled: its
+    lengths vary) into Inductor's cache (TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor); then
+    device.compile=null (auto) compiles those same graphs on a CPU, and runs a short run of others eagerly."""
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    common = [*TINY, f"paths.data_dir={char_data}", "train.max_iters=3", "model.n_layer=1"]
-    for i, (setting, shape, compiles) in enumerate([("true", 1, True), ("null", 1, True), ("null", 2, False)]):
+    tasks = ["train.eval_tasks=[hellaswag]", f"eval.hellaswag_file={hellaswag_file}"]
+    for i, (setting, n_layer, compiles) in enumerate([("true", 1, True), ("null", 1, True), ("null", 2, False)]):
+        args = [f"device.compile={setting}", f"model.n_layer={n_layer}", *(tasks if i == 0 else [])]
         (tmp_path / str(i)).mkdir()
-        args = [*common, f"device.compile={setting}", f"model.n_layer={shape}"]
-        proc = run_entry("run.py", *args, cwd=tmp_path / str(i), env=env)
-        assert ("compiling the model" in proc.stdout + proc.stderr) == compiles, (setting, shape)
+        proc = run_entry(
+            "run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=3", *args, cwd=tmp_path / str(i), env=env
+        )
+        assert ("compiling the model" in proc.stdout + proc.stderr) == compiles, (setting, n_layer)
         [run] = run_dirs(tmp_path / str(i))
-        assert json.loads((run / "status.json").read_text())["status"] == "completed"
-        assert len([r for r in metrics(run) if "loss" in r]) == 3
+        assert status(run)["status"] == "completed" and len([r for r in metrics(run) if "loss" in r]) == 3
+        if i == 0:
+            scored = [r for r in metrics(run) if "hellaswag_acc_norm" in r]
+            assert [r["iter"] for r in scored] == [0, 3] and all(0 <= r["hellaswag_acc"] <= 1 for r in scored)
     assert len(list((tmp_path / "inductor" / "nanogpt-compiled").iterdir())) == 1  # the one compiled shape
 
 
