@@ -116,7 +116,10 @@ class CausalSelfAttention(nn.Module):
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         dropout = self.dropout if self.training else 0.0
-        if mask is None and is_causal and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # Written out for eager CPU bf16 only: compiled, Inductor fuses SDPA's plain path itself, and the autocast
+        # switch inside causal_attention_matmuls would keep AOT autograd's cache from storing the graph.
+        eager_cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if mask is None and is_causal and eager_cpu_bf16 and not torch.compiler.is_compiling():
             y = causal_attention_matmuls(q, k, v, dropout)
         else:  # flash / memory-efficient attention where the device has it
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
@@ -153,7 +156,8 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         # GPT-2 was trained with the tanh approximation of GELU: the exact form shifts its logits.
-        self.act = ReLUSquared() if cfg.activation == "relu2" else nn.GELU(approximate="tanh")
+        acts = {"gelu": lambda: nn.GELU(approximate="tanh"), "gelu_exact": nn.GELU, "relu2": ReLUSquared}
+        self.act = acts[cfg.activation]()
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 

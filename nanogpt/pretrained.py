@@ -13,7 +13,7 @@ import shutil
 import torch
 
 from nanogpt import tokenizer as tok
-from nanogpt.config import PRETRAINED, ModelConfig
+from nanogpt.config import GPT2_ACTIVATIONS, PRETRAINED, ModelConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
@@ -47,7 +47,7 @@ def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name:
     """Our GPT holding the weights of a transformers `GPT2LMHeadModel`."""
     c = hf.config
     differences = {
-        "activation_function": c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"),
+        "activation_function": c.activation_function not in (*GPT2_ACTIVATIONS.values(), "gelu_pytorch_tanh"),
         "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
         "n_inner": c.n_inner not in (None, 4 * c.n_embd),
         "layer_norm_epsilon": c.layer_norm_epsilon != 1e-5,
@@ -69,6 +69,7 @@ def from_hf_model(hf, dropout: float = 0.0, block_size: int | None = None, name:
         vocab_size=c.vocab_size,
         dropout=dropout,
         bias=True,
+        activation="gelu_exact" if c.activation_function == "gelu" else "gelu",
     )
     model = GPT(cfg)
     ours = model.state_dict()
@@ -115,7 +116,7 @@ def to_huggingface(
         n_embd=c.n_embd,
         n_layer=c.n_layer,
         n_head=c.n_head,
-        activation_function="gelu_new",
+        activation_function=GPT2_ACTIVATIONS[c.activation],
         resid_pdrop=c.dropout,
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,

@@ -14,18 +14,22 @@ from tests.helpers import MODEL_OPTIONS, tiny_gpt
 VARIANTS = {"gpt2": {}, "no_bias": dict(bias=False), **MODEL_OPTIONS}
 
 
-def test_logits_equal_huggingface_gpt2():
+@pytest.mark.parametrize("hf_activation", ["gelu_new", "gelu"])  # GPT-2's tanh GELU; the exact one (gelu_exact)
+def test_logits_equal_huggingface_gpt2(hf_activation):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from nanogpt.pretrained import from_hf_model
 
     torch.manual_seed(0)
-    hf_cfg = GPT2Config(vocab_size=101, n_positions=48, n_embd=64, n_layer=2, n_head=4, activation_function="gelu_new")
+    hf_cfg = GPT2Config(
+        vocab_size=101, n_positions=48, n_embd=64, n_layer=2, n_head=4, activation_function=hf_activation
+    )
     hf = GPT2LMHeadModel(hf_cfg).eval()
     with torch.no_grad():  # random biases and norms too, so every mapped tensor matters
         for p in hf.parameters():
             p.normal_(0, 0.1)
     ours = from_hf_model(hf).eval()
+    assert ours.config.activation == {"gelu_new": "gelu", "gelu": "gelu_exact"}[hf_activation]
     idx = torch.randint(0, 101, (3, 48))
     with torch.no_grad():
         expected = hf(idx).logits

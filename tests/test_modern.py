@@ -174,7 +174,7 @@ def test_batched_muon_equals_torch_muon_bit_for_bit():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(model=dict(activation="swiglu")), "model.activation='swiglu': use gelu or relu2"),
+        (dict(model=dict(activation="swiglu")), "model.activation='swiglu': use gelu, gelu_exact, relu2"),
         (dict(model=dict(zero_init_head=True)), "model.zero_init_head=true would zero the tied token embedding"),
         (dict(model=dict(rotary=True, n_embd=60, n_head=4)), "model.rotary=true needs an even head size"),
         (dict(model=dict(qk_norm=True), init_from="gpt2"), "model.qk_norm=true changes GPT-2's architecture"),

@@ -73,7 +73,7 @@ def test_help_lists_groups_and_cfg_prints_resolved_config(tmp_path):
     "overrides, line",
     [
         (["model.n_embd=30", "model.n_head=4"], "error: model.n_embd=30 must be a positive multiple of model.n_head=4"),
-        (["model.activation=tanh"], "error: model.activation='tanh': use gelu or relu2"),
+        (["model.activation=tanh"], "error: model.activation='tanh': use gelu, gelu_exact, relu2"),
     ],
 )
 def test_out_of_range_value_is_one_line_error(tmp_path, char_data, overrides, line):
