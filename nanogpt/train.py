@@ -352,7 +352,10 @@ def _evaluate_and_save(tr: Trainer, speed: _Throughput, lr: float) -> float:
     """Evaluate; checkpoint if the run improved (or always, as configured). Returns the val loss."""
     state, train_cfg = tr.state, tr.cfg.train
     t_eval = time.perf_counter()
-    losses = evaluate(tr.model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
+    # On a CPU the loss is evaluated uncompiled: a compiled model would trace a second graph (no grad, eval mode),
+    # which costs more at start-up than it saves over a run's evaluations.
+    model = tr.raw_model if tr.precision.device_type == "cpu" else tr.model
+    losses = evaluate(model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
     last = state.iter == train_cfg.max_iters or train_cfg.eval_only
     scores = tr.tasks.run(state.iter) if tr.tasks is not None and tr.tasks.due(state.iter, last) else {}  # all ranks
     state.evaluated_at = state.iter
