@@ -248,8 +248,9 @@ def test_fast_presets_keep_data_eval_and_tokens_per_step(classic):
     old, new = compose(f"experiment={classic}"), compose(f"experiment={classic}_fast")
     assert new.data == old.data and new.device == old.device and new.init_from == old.init_from == "scratch"
     t_old, t_new = old.train, new.train
-    for key in ("batch_size", "grad_accum", "eval_iters", "eval_interval", "log_interval"):
+    for key in ("batch_size", "grad_accum", "eval_iters", "log_interval"):
         assert getattr(t_new, key) == getattr(t_old, key), key
+    assert t_new.eval_interval <= t_old.eval_interval  # as often or more: its time to the classic's loss is read there
     assert new.model.block_size == old.model.block_size
     assert new.optim.name == "muon" and new.model.rotary and new.name == f"{classic}_fast"
 
