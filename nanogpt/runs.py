@@ -13,8 +13,6 @@ from typing import Any
 from nanogpt import checkpoint
 from nanogpt import tokenizer as tok
 from nanogpt.config import ModelConfig, RunConfig
-from nanogpt.data.prepare import check_prepared_as_asked
-from nanogpt.data.tokens import read_meta
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 
@@ -85,6 +83,10 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
 
 def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
     """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
+    # Here, not at the top: sampling and export load a run without the data modules (and what they import).
+    from nanogpt.data.prepare import check_prepared_as_asked
+    from nanogpt.data.tokens import read_meta
+
     meta = read_meta(data_path)
     check_prepared_as_asked(cfg.data, meta, data_path)
     if ckpt is not None:

@@ -20,15 +20,17 @@ import logging
 import os
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt import isoflop
 from nanogpt.errors import UserError, exit_on_user_error
 from nanogpt.files import atomic_write_text
 from nanogpt.metrics import read_metrics
+
+if TYPE_CHECKING:
+    from nanogpt import isoflop
 
 log = logging.getLogger("nanogpt")
 
@@ -205,6 +207,9 @@ def write_report(sweep_dir: str) -> list[str]:
         lines += ["", "![val loss](val_loss.png)"]
         written.append(plot)
     if any(j.flops_budget is not None for j in jobs):
+        # Imported here: every run.py process instantiates ReportCallback, and only budgeted sweeps need numpy's fits.
+        from nanogpt import isoflop
+
         scaling_lines, plots = isoflop.report([_point(j) for j in jobs if j.flops_budget is not None], sweep_dir)
         lines += scaling_lines
         written += plots
@@ -214,6 +219,8 @@ def write_report(sweep_dir: str) -> list[str]:
 
 def _point(j: Job) -> isoflop.Point:
     """A job as the IsoFLOP analysis sees it: its budget, N, D and C from plan.json, its final val loss."""
+    from nanogpt import isoflop
+
     return isoflop.Point(
         job=j.num,
         budget=float(j.flops_budget or 0),
