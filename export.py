@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 
 from nanogpt.cli import main_with_clean_errors, register_configs
 
-register_configs()
+register_configs("export_schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from nanogpt.cli import main_with_clean_errors, register_configs
 
-register_configs()
+register_configs("run_schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
