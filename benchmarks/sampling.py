@@ -10,7 +10,7 @@ greedy. The same weights serve three generators, timed in alternation, in one pr
 Then the character model of the CPU recipe (4 layers, 128 wide, block 64): ours against recompute, 500 tokens; and
 `python sample.py run=<a run of the CPU recipe> num_samples=1 max_new_tokens=500` timed as a whole process, launch
 to exit, against `python -c "import torch"` alternately (`--process-rounds`; 0 skips it). `--recompute-rounds 0`
-skips full recompute (minutes at 124M).
+skips full recompute (minutes at 124M); `--process-only` times only the sample.py process.
 
 Prints one line: `sampling: 124M ours <tok/s>, <x> recompute, <y> Hugging Face; char model ...`. Time is from the
 prompt to the last new token (prefill included); tokens/s counts new tokens.
@@ -86,9 +86,13 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--char-new", type=int, default=500)
     ap.add_argument("--process-rounds", type=int, default=3, help="rounds of the whole sample.py process")
+    ap.add_argument("--process-only", action="store_true", help="only the sample.py process (no 124M, no char model)")
     args = ap.parse_args()
 
     load_before = os.getloadavg()[0]
+    if args.process_only:
+        print(f"sampling: {sample_process(args)}load {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+        return
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from nanogpt.pretrained import from_hf_model

@@ -8,16 +8,20 @@ weighs one batch per split), timed from the launch to the moment its first step'
 (polled every 2 ms). The nanoGPT-way loop of benchmarks/train_step.py (a plain script: import torch and numpy,
 build the model and AdamW, evaluate one batch per split, step) is timed the same way. sample.py: from a checkpoint
 of that recipe, `max_new_tokens=1`, timed to the moment the generated character appears on its stdout. Also checks
-that neither path imports transformers, datasets, wandb or tiktoken (`python -X importtime`). `--compiled` also
+that neither path imports transformers, datasets, wandb, tiktoken or lm_eval (`python -X importtime`). Also times
+`python -c "import torch, torch._dynamo"`: the floor of any training script, as torch.optim's optimizers import
+torch._dynamo when built (`torch._disable_dynamo`), the nanoGPT-way one included. `--compiled` also
 times run.py with `device.compile=true` on a warm Inductor cache (filled by one compiled run first, in a temporary
 TORCHINDUCTOR_CACHE_DIR) to its first step: what a compiled run adds to start-up once its graphs are cached.
 
-Prints one line: `startup: import torch <s>; run.py to first step <s> (+<s>; ...); sample.py to first token ...`.
+Prints one line: `startup: import torch <s>; run.py to first step <s> (+<s>; ...); sample.py to first token ...`,
+with the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -28,12 +32,12 @@ from pathlib import Path
 from common import CORPUS, ENV, REPO, prepare_char  # benchmarks/ is on sys.path when this file runs as a script
 from train_step import run_baseline
 
-HEAVY = ("transformers", "datasets", "wandb", "tiktoken")
+HEAVY = ("transformers", "datasets", "wandb", "tiktoken", "lm_eval")
 
 
-def time_import_torch(cwd: str) -> float:
+def time_import_torch(cwd: str, modules: str = "torch") -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], cwd=cwd, env=ENV, check=True)
+    subprocess.run([sys.executable, "-c", f"import {modules}"], cwd=cwd, env=ENV, check=True)
     return time.perf_counter() - t0
 
 
@@ -105,6 +109,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--compiled", action="store_true", help="also time a warm compiled run.py to its first step")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         base = ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp}/data", f"data.source={args.corpus}"]
         prepare_char(f"{tmp}/data", args.corpus, tmp)
@@ -129,12 +134,13 @@ def main() -> None:
         run_args = [*base, "train.eval_iters=1"]
         sample_args = [f"run={run_dir}", "start=ROMEO:", "num_samples=1", "max_new_tokens=1"]
         outputs = Path(tmp) / "outputs" / "shakespeare_char_cpu"
-        times: dict[str, list[float]] = {"torch": [], "run": [], "base": [], "sample": [], "compiled": []}
+        times: dict[str, list[float]] = {"torch": [], "dynamo": [], "run": [], "base": [], "sample": [], "compiled": []}
         if args.compiled:
             ENV["TORCHINDUCTOR_CACHE_DIR"] = f"{tmp}/inductor"
             time_to_first_step([*run_args, "device.compile=true"], tmp, outputs)  # fills the cache
         for _ in range(args.rounds):
             times["torch"].append(time_import_torch(tmp))
+            times["dynamo"].append(time_import_torch(tmp, "torch, torch._dynamo"))
             times["run"].append(time_to_first_step(run_args, tmp, outputs))
             if args.compiled:
                 times["compiled"].append(time_to_first_step([*run_args, "device.compile=true"], tmp, outputs))
@@ -152,10 +158,11 @@ def main() -> None:
         compiled = f"warm compiled run.py {med['compiled']:.2f} s (+{med['compiled'] - med['run']:.2f} s); "
     print(
         f"startup: import torch {med['torch']:.2f} s; run.py to first step {med['run']:.2f} s "
-        f"(+{med['run'] - med['torch']:.2f} s; nanoGPT-way loop {med['base']:.2f} s); "
+        f"(+{med['run'] - med['torch']:.2f} s; nanoGPT-way loop {med['base']:.2f} s; import torch + torch._dynamo, "
+        f"which any torch.optim optimizer pulls in, {med['dynamo']:.2f} s); "
         f"sample.py to first token {med['sample']:.2f} s "
         f"(+{med['sample'] - med['torch']:.2f} s); {compiled}heavy imports: {', '.join(heavy) or 'none'}; "
-        f"median of {args.rounds} rounds"
+        f"median of {args.rounds} rounds, load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     )
 
 
