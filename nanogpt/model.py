@@ -9,6 +9,7 @@ Knows nothing of data, devices, distributed training, checkpoints or logging.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -35,6 +36,30 @@ class KVCache:
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+GEMV_LAYOUT_MIN_TOKENS = 64
+
+
+@contextlib.contextmanager
+def gemv_layout(model: nn.Module) -> Iterator[None]:
+    """Store the fp32 weights of `model`'s Linear layers transposed while in this context: the same values and
+    (out, in) shape, strides (1, out), so F.linear multiplies by a contiguous (in, out) matrix, as GPT-2's
+    original Conv1D layers (and Hugging Face's) do. For batch-1 decoding on a CPU, where each token reads every
+    weight once from memory, MKL's matrix-vector product streams an (in, out) matrix at about the memory's read
+    bandwidth, and nn.Linear's (out, in) one at 0.6-0.8x of it (Zen 4; docs/BENCHMARKS.md). Each weight is copied
+    back on exit, so the model leaves as it came (contiguous, as checkpoints and compiled graphs expect)."""
+    moved = []
+    try:
+        for m in model.modules():
+            w = m.weight if isinstance(m, nn.Linear) else None
+            if w is not None and w.dtype == torch.float32 and w.is_contiguous():
+                w.data = w.data.t().contiguous().t()
+                moved.append(w)
+        yield
+    finally:
+        for w in moved:
+            w.data = w.data.contiguous()
 
 
 class Rotary(nn.Module):
@@ -327,18 +352,22 @@ class GPT(nn.Module):
         kind = idx.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(self.parameters()).dtype
         cache = KVCache(self.config, idx.size(0), idx.device, dtype)
-        logits, _ = self(idx[:, -block:], cache=cache, last_only=True)
-        for i in range(max_new_tokens):
-            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)
-            yield next_id
-            if i == max_new_tokens - 1:
-                break
-            idx = torch.cat((idx, next_id), dim=1)
-            if cache.pos == block:
-                cache.pos = 0
-                logits, _ = self(idx[:, -(block // 2 + 1) :], cache=cache, last_only=True)
-            else:
-                logits, _ = self(next_id, cache=cache, last_only=True)
+        # fp32 on a CPU: the decode steps' matrix-vector products run on weights stored transposed (gemv_layout);
+        # the two copies of the weights it costs pay for themselves after about GEMV_LAYOUT_MIN_TOKENS tokens.
+        fast = kind == "cpu" and dtype == torch.float32 and max_new_tokens >= GEMV_LAYOUT_MIN_TOKENS
+        with gemv_layout(self) if fast else contextlib.nullcontext():
+            logits, _ = self(idx[:, -block:], cache=cache, last_only=True)
+            for i in range(max_new_tokens):
+                next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)
+                yield next_id
+                if i == max_new_tokens - 1:
+                    break
+                idx = torch.cat((idx, next_id), dim=1)
+                if cache.pos == block:
+                    cache.pos = 0
+                    logits, _ = self(idx[:, -(block // 2 + 1) :], cache=cache, last_only=True)
+                else:
+                    logits, _ = self(next_id, cache=cache, last_only=True)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nanogpt import model as gpt_model
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, KVCache, sample_next
+from nanogpt.model import GPT, KVCache, gemv_layout, sample_next
 from tests.helpers import MODEL_OPTIONS, tiny_gpt
 
 # GPT-2's model (biases), without biases, and each modern option.
@@ -72,6 +73,37 @@ def test_generation_past_block_size_and_long_prompts():
     out = model.generate(prompt, 120, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 220)
     assert torch.equal(out[:, :100], prompt)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "untied", "all"])
+def test_gemv_layout_keeps_logits_and_restores_the_weights(variant):
+    """Transposed storage changes only the order of the sums: cached logits equal the full forward's, and every
+    weight comes back contiguous and bit-identical, after the context and after a stream closed early."""
+    model = tiny_gpt(**VARIANTS[variant])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seq = torch.randint(0, 101, (2, 40))
+    full, _ = model(seq)
+    with gemv_layout(model):
+        assert not model.lm_head.weight.is_contiguous() and not model.transformer.h[0].mlp.c_fc.weight.is_contiguous()
+        cache = KVCache(model.config, 2, seq.device, torch.float32)
+        pieces = [model(seq[:, :20], cache=cache)[0]]
+        pieces += [model(seq[:, i : i + 1], cache=cache)[0] for i in range(20, 40)]
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    stream = model.generate_stream(seq[:1, :5], 100, temperature=0.0)
+    next(stream)
+    assert not model.lm_head.weight.is_contiguous()  # 100 tokens: generated in the transposed layout
+    stream.close()
+    after = model.state_dict()
+    assert all(v.is_contiguous() and torch.equal(v, before[k]) for k, v in after.items())
+
+
+def test_generation_in_gemv_layout_equals_plain_layout_past_block_size(monkeypatch):
+    """120 tokens with block_size 48: the cache is rebuilt twice, in the transposed layout as in the plain one."""
+    model = tiny_gpt()
+    prompt = torch.randint(0, 101, (1, 30), generator=torch.Generator().manual_seed(2))
+    fast = model.generate(prompt, 120, temperature=0.0)
+    monkeypatch.setattr(gpt_model, "GEMV_LAYOUT_MIN_TOKENS", 10**9)
+    assert torch.equal(model.generate(prompt, 120, temperature=0.0), fast)
 
 
 def test_training_loss_at_init_is_log_vocab():
