@@ -13,7 +13,11 @@ to exit, against `python -c "import torch"` alternately (`--process-rounds`; 0 s
 skips full recompute (minutes at 124M); `--process-only` times only the sample.py process.
 
 Prints one line: `sampling: 124M ours <tok/s>, <x> recompute, <y> Hugging Face; char model ...`. Time is from the
-prompt to the last new token (prefill included); tokens/s counts new tokens.
+prompt to the last new token (prefill included); tokens/s counts new tokens. Then a `floor:` line: each generator's
+decode time per token ((time for `--new` tokens - time for 1) / (`--new` - 1), from extra alternated runs of 1 token)
+against the memory-bandwidth floor of batch-1 decoding, the bytes a step must read (every weight once, the KV cache
+at the mean context; Hugging Face's cache concatenation also copies its cache) over the read bandwidth measured here
+(`sum()` of a weights-sized tensor, alternated with the runs).
 """
 
 from __future__ import annotations
@@ -121,20 +125,41 @@ def main() -> None:
     def run_recompute() -> torch.Tensor:
         return recompute(ours, idx, args.new)
 
+    def run_ours_1() -> torch.Tensor:
+        return ours.generate(idx, 1, temperature=0.0)
+
+    def run_hf_1() -> torch.Tensor:
+        return hf.generate(
+            idx, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+
+    # What a decode step must read: every weight once (the tied embedding as the output layer; the position table
+    # only a row), and the keys and values of the context.
+    weight_bytes = 4 * (sum(p.numel() for p in ours.parameters()) - ours.transformer.wpe.weight.numel())
+    c = ours.config
+    cache_bytes = 4 * 2 * c.n_layer * c.n_embd * (args.prompt + args.new / 2)
+    block = torch.ones(weight_bytes // 4)
+
+    def read() -> torch.Tensor:
+        return block.sum()
+
     run_ours(), run_hf()  # warm-up: first-call allocations and lazy initialisation
-    times: dict[str, list[float]] = {"ours": [], "hf": [], "recompute": []}
+    times: dict[str, list[float]] = {"ours": [], "hf": [], "recompute": [], "ours_1": [], "hf_1": [], "read": []}
     outs: dict[str, torch.Tensor] = {}
     for r in range(args.rounds):
-        order = [("ours", run_ours), ("hf", run_hf)]
+        order = [("ours", run_ours), ("hf", run_hf), ("ours_1", run_ours_1), ("hf_1", run_hf_1), ("read", read)]
         if r < args.recompute_rounds:
             order.insert(1, ("recompute", run_recompute))
         for name, fn in order if r % 2 == 0 else order[::-1]:
             s, outs[name] = timed(fn)
             times[name].append(s)
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    tps = {k: args.new / v for k, v in med.items()}
+    tps = {k: args.new / med[k] for k in ("ours", "hf", "recompute") if k in med}
+    bandwidth = weight_bytes / med["read"]
+    step = {k: (med[k] - med[f"{k}_1"]) / (args.new - 1) for k in ("ours", "hf")}
+    floor = {"ours": (weight_bytes + cache_bytes) / bandwidth, "hf": (weight_bytes + 3 * cache_bytes) / bandwidth}
     vs_hf = statistics.median(h / o for o, h in zip(times["ours"], times["hf"], strict=True))
-    same = {k: int((v[0, args.prompt :] == outs["ours"][0, args.prompt :]).sum()) for k, v in outs.items()}
+    same = {k: int((v[0, args.prompt :] == outs["ours"][0, args.prompt :]).sum()) for k, v in outs.items() if k in tps}
     recomputed = (
         f"{med['recompute'] / med['ours']:.1f}x full recompute ({tps['recompute']:.2f} tokens/s, same greedy tokens "
         f"{same['recompute']}/{args.new}) and "
@@ -159,6 +184,15 @@ def main() -> None:
         f"{same['hf']}/{args.new}); char model (4x128, block 64): ours {char_tps['ours']:,.0f} tokens/s = "
         f"{char_tps['ours'] / char_tps['recompute']:.1f}x recompute; {sample_process(args)}threads "
         f"{torch.get_num_threads()}, median of {args.rounds} rounds, load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"floor: a decode step reads {weight_bytes / 1e6:.0f} MB of weights and {cache_bytes / 1e6:.0f} MB of KV cache "
+        f"(mean context; Hugging Face's concatenation reads and writes its cache again: "
+        f"+{2 * cache_bytes / 1e6:.0f} MB) at a read bandwidth of {bandwidth / 1e9:.1f} GB/s: floor ours "
+        f"{floor['ours'] * 1e3:.1f} ms/token, decode {step['ours'] * 1e3:.1f} ms/token "
+        f"({floor['ours'] / step['ours']:.0%} of the floor's speed); Hugging Face floor "
+        f"{floor['hf'] * 1e3:.1f}, decode {step['hf'] * 1e3:.1f} ms/token ({floor['hf'] / step['hf']:.0%}); prefill "
+        f"ours {med['ours_1']:.2f} s, Hugging Face {med['hf_1']:.2f} s"
     )
 
 
