@@ -123,9 +123,9 @@ class DeviceConfig:
     # auto: bf16 on GPUs that have it natively and on CPUs with bf16 dot products (AVX512-BF16, AMX, Arm BF16 with
     # oneDNN), fp16 on older GPUs, else fp32 | float32 | bfloat16 | float16
     dtype: str = "auto"
-    # torch.compile the model: true | false | null (auto: where it pays for itself: on CUDA always; on a CPU when
-    # this model's graphs are in Inductor's cache from an earlier compiled run, or the run has 10,000+ steps left;
-    # never on MPS). Compiled graphs are cached in $TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor.
+    # torch.compile the model; null: on CUDA GPUs only (experiment=shakespeare_char, like nanoGPT's GPU figure), where
+    # it pays for itself within minutes; on CPUs and MPS it does not (docs/BENCHMARKS.md). Compiled graphs are cached
+    # in $TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor (nanogpt/compiling.py).
     compile: bool | None = False
     matmul_tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
     # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name

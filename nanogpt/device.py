@@ -46,7 +46,7 @@ _PEAK_FLOPS = [
 class Precision:
     device: torch.device
     dtype: torch.dtype  # the compute dtype of autocast; float32 means no autocast
-    compile: bool = False  # torch.compile the model (device.compile; null resolved per run by nanogpt/compiling.py)
+    compile: bool = False  # torch.compile the model (device.compile, resolved for this device)
     peak_tflops: float | None = None  # device.peak_tflops: one device's peak, instead of the table's
 
     @property
@@ -180,8 +180,8 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     if kind == "cuda" and cfg.matmul_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # compile: decided per run by nanogpt/compiling.py, which knows the run's length and Inductor's cache
-    return Precision(device, dtype, bool(cfg.compile), cfg.peak_tflops)
+    compile = cfg.compile if cfg.compile is not None else kind == "cuda"
+    return Precision(device, dtype, compile, cfg.peak_tflops)
 
 
 def _gpu_index(device: str, local_rank: int | None) -> int:

@@ -42,9 +42,9 @@ GEMV_LAYOUT_MIN_TOKENS = 64
 
 
 @contextlib.contextmanager
-def gemv_layout(model: nn.Module) -> Iterator[None]:
-    """Store the fp32 weights of `model`'s Linear layers transposed while in this context: the same values and
-    (out, in) shape, strides (1, out), so F.linear multiplies by a contiguous (in, out) matrix, as GPT-2's
+def gemv_layout(model: nn.Module, skip: tuple[nn.Module, ...] = ()) -> Iterator[None]:
+    """Store the fp32 weights of `model`'s Linear layers (but `skip`) transposed while in this context: the same
+    values and (out, in) shape, strides (1, out), so F.linear multiplies by a contiguous (in, out) matrix, as GPT-2's
     original Conv1D layers (and Hugging Face's) do. For batch-1 decoding on a CPU, where each token reads every
     weight once from memory, MKL's matrix-vector product streams an (in, out) matrix at about the memory's read
     bandwidth, and nn.Linear's (out, in) one at 0.6-0.8x of it (Zen 4; docs/BENCHMARKS.md). Each weight is copied
@@ -52,7 +52,7 @@ def gemv_layout(model: nn.Module) -> Iterator[None]:
     moved = []
     try:
         for m in model.modules():
-            w = m.weight if isinstance(m, nn.Linear) else None
+            w = m.weight if isinstance(m, nn.Linear) and m not in skip else None
             if w is not None and w.dtype == torch.float32 and w.is_contiguous():
                 w.data = w.data.t().contiguous().t()
                 moved.append(w)
@@ -355,7 +355,9 @@ class GPT(nn.Module):
         # fp32 on a CPU: the decode steps' matrix-vector products run on weights stored transposed (gemv_layout);
         # the two copies of the weights it costs pay for themselves after about GEMV_LAYOUT_MIN_TOKENS tokens.
         fast = kind == "cpu" and dtype == torch.float32 and max_new_tokens >= GEMV_LAYOUT_MIN_TOKENS
-        with gemv_layout(self) if fast else contextlib.nullcontext():
+        # Not the output layer: the copy of its 50257 x 768 weights (GPT-2) would raise the process's peak memory by
+        # 154 MB, over what nanoGPT's sampling takes (docs/BENCHMARKS.md).
+        with gemv_layout(self, skip=(self.lm_head,)) if fast else contextlib.nullcontext():
             logits, _ = self(idx[:, -block:], cache=cache, last_only=True)
             for i in range(max_new_tokens):
                 next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, compiling, distributed, optim, runs, scaling
+from nanogpt import checkpoint, distributed, optim, runs, scaling
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.compression import bits_per_byte
@@ -68,7 +68,6 @@ class Trainer:
     state: TrainState
     metrics: MetricsLog | None  # rank 0 only
     tasks: TrainingTasks | None = None  # downstream tasks scored at evaluations (train.eval_tasks)
-    compiled_key: str | None = None  # the compiled graphs' key (nanogpt/compiling.py); None: not compiled
 
     def save(self, as_latest: bool, as_best: bool) -> None:
         """Checkpoint the run (a collective under DDP/FSDP: every rank calls it)."""
@@ -106,10 +105,7 @@ def train(cfg: RunConfig, run_dir: str) -> Result:
     try:
         trainer = _setup(cfg, run_dir, dist, precision)
         try:
-            result = _train_loop(trainer)
-            if trainer.compiled_key is not None and dist.is_main:
-                compiling.mark_warm(trainer.compiled_key)  # a later device.compile=null run of these graphs compiles
-            return result
+            return _train_loop(trainer)
         except UserError as e:  # the run's record should say it failed
             raise FailedDuringTraining(str(e)) from e
         finally:
@@ -155,8 +151,6 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     )
     # DDP or FSDP on several processes, compiled as asked; FSDP shards the weights in place, so the optimizer
     # comes after.
-    steps_left = train_cfg.max_iters - (checkpoint.load_info(ckpt)["iter"] if ckpt is not None else 0)
-    precision, compiled_key = compiling.decide(cfg.device.compile, precision, raw_model.config, train_cfg, steps_left)
     model = distributed.wrap(raw_model, train_cfg.parallel, dist, precision)
     optimizers = optim.build(raw_model, cfg.optim, precision.device_type)
     scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.needs_grad_scaler())
@@ -184,7 +178,6 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
         state,
         metrics,
         tasks,
-        compiled_key,
     )
 
 

@@ -160,25 +160,23 @@ def test_ddp_two_processes_equal_one(tmp_path, char_data, optimizer):
     assert_runs_agree(one, two)
 
 
-def test_compile_on_cpu_then_auto_once_the_cache_is_warm(tmp_path, char_data, hellaswag_file):
+def test_compile_on_cpu_caches_its_graphs(tmp_path, char_data, hellaswag_file):
     """device.compile=true compiles the loop's model (HellaSwag, scored at each evaluation, calls it uncompiled: its
-    lengths vary) into Inductor's cache (TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor); then
-    device.compile=null (auto) compiles those same graphs on a CPU, and runs a short run of others eagerly."""
+    lengths vary) into the Inductor cache TORCHINDUCTOR_CACHE_DIR names (else ~/.cache/nanogpt/inductor);
+    device.compile=null compiles on CUDA only."""
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     tasks = ["train.eval_tasks=[hellaswag]", f"eval.hellaswag_file={hellaswag_file}"]
-    for i, (setting, n_layer, compiles) in enumerate([("true", 1, True), ("null", 1, True), ("null", 2, False)]):
-        args = [f"device.compile={setting}", f"model.n_layer={n_layer}", *(tasks if i == 0 else [])]
-        (tmp_path / str(i)).mkdir()
-        proc = run_entry(
-            "run.py", *TINY, f"paths.data_dir={char_data}", "train.max_iters=3", *args, cwd=tmp_path / str(i), env=env
-        )
-        assert ("compiling the model" in proc.stdout + proc.stderr) == compiles, (setting, n_layer)
-        [run] = run_dirs(tmp_path / str(i))
+    for setting, extra in (("true", tasks), ("null", [])):
+        (tmp_path / setting).mkdir()
+        args = [*TINY, f"paths.data_dir={char_data}", "train.max_iters=3", "model.n_layer=1", *extra]
+        proc = run_entry("run.py", *args, f"device.compile={setting}", cwd=tmp_path / setting, env=env)
+        assert ("compiling the model" in proc.stdout + proc.stderr) == (setting == "true")
+        [run] = run_dirs(tmp_path / setting)
         assert status(run)["status"] == "completed" and len([r for r in metrics(run) if "loss" in r]) == 3
-        if i == 0:
+        if setting == "true":
             scored = [r for r in metrics(run) if "hellaswag_acc_norm" in r]
             assert [r["iter"] for r in scored] == [0, 3] and all(0 <= r["hellaswag_acc"] <= 1 for r in scored)
-    assert len(list((tmp_path / "inductor" / "nanogpt-compiled").iterdir())) == 1  # the one compiled shape
+            assert any((tmp_path / "inductor").rglob("*.py"))  # the compiled graphs' code, kept for the next run
 
 
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
