@@ -4,6 +4,7 @@ they start, preparing the corpus for the character recipes, and reading a run's 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ sys.path.insert(0, str(REPO))  # nanogpt, when a benchmark runs as python benchm
 
 from nanogpt.metrics import read_metrics  # noqa: E402
 
-__all__ = ["CORPUS", "ENV", "REPO", "prepare_char", "read_metrics"]
+__all__ = ["CORPUS", "ENV", "OURS_ITER", "REPO", "WARMUP", "prepare_char", "read_metrics"]
 
+OURS_ITER = re.compile(r"iter (\d+): loss [\d.]+, ([\d.]+) ms/iter")  # run.py's log line at each log step
+WARMUP = 10  # iterations left out of a ms/iter median
 CORPUS = str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")  # the real tiny Shakespeare
 # No network waits, no wandb, no transformers chatter, output as it is printed; nanogpt found without an install.
 ENV = {

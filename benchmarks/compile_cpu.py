@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -24,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CORPUS, ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path as a script
+from common import CORPUS, ENV, OURS_ITER, REPO, WARMUP, prepare_char, read_metrics  # benchmarks/ on sys.path
 
 RUN_NUMBER = itertools.count()
-STEP_LINE = re.compile(r"iter \d+: loss [\d.]+, ([\d.]+) ms/iter")  # what run.py logs at each log step
 
 
 def one_run(tmp: str, experiment: str, compile_: bool, cache: str, overrides: list[str]) -> dict[str, float]:
@@ -39,7 +37,8 @@ def one_run(tmp: str, experiment: str, compile_: bool, cache: str, overrides: li
     subprocess.run(cmd, cwd=tmp, env={**ENV, "TORCHINDUCTOR_CACHE_DIR": cache}, check=True, capture_output=True)
     wall = time.perf_counter() - t0
     [run] = [p for p in (Path(tmp) / "outputs" / name).iterdir() if not p.is_symlink()]
-    step_ms = [float(m[1]) for m in STEP_LINE.finditer((run / "run.log").read_text())][10:]  # past warm-up
+    steps = OURS_ITER.finditer((run / "run.log").read_text())
+    step_ms = [float(m[2]) for m in steps if int(m[1]) >= WARMUP]
     return {
         "wall": wall,
         "ms": statistics.median(step_ms),

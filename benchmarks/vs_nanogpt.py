@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import CORPUS, ENV, REPO, prepare_char  # benchmarks/ is on sys.path as a script
+from common import CORPUS, ENV, OURS_ITER, REPO, WARMUP, prepare_char  # benchmarks/ is on sys.path as a script
 
 RECIPE = [  # nanoGPT's README: "I'm on a macbook" (or other cheap computer)
     "config/train_shakespeare_char.py",
@@ -58,9 +58,7 @@ RECIPE = [  # nanoGPT's README: "I'm on a macbook" (or other cheap computer)
 # What each program prints per iteration and per evaluation.
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 NANOGPT_EVAL = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
-OURS_ITER = re.compile(r"iter (\d+): loss [\d.]+, ([\d.]+) ms/iter")
 OURS_EVAL = re.compile(r"iter (\d+): train loss [\d.]+, val loss ([\d.]+)")
-WARMUP = 10  # iterations left out of the ms/iter median
 
 
 @dataclass
