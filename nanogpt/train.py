@@ -165,19 +165,7 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     tasks = TrainingTasks(cfg, info, raw_model, precision, dist) if train_cfg.eval_tasks else None
     metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None
     return Trainer(
-        cfg,
-        run_dir,
-        dist,
-        precision,
-        raw_model,
-        model,
-        optimizers,
-        scaler,
-        batches,
-        info,
-        state,
-        metrics,
-        tasks,
+        cfg, run_dir, dist, precision, raw_model, model, optimizers, scaler, batches, info, state, metrics, tasks
     )
 
 
