@@ -12,6 +12,15 @@ from tests.helpers import OFFLINE_ENV, SHAKESPEARE, run_entry
 
 os.environ.update(OFFLINE_ENV)
 
+MAX_WORKERS = 4  # each worker's tests start torch processes of up to ~1.5 GB (GPT-2 124M, two-process FSDP)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml): a worker per core, at most MAX_WORKERS. Most tests run a tiny model in a
+    subprocess, whose start-up and small ops keep one core busy: two workers on two cores halve the suite's time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
 
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:

@@ -32,6 +32,9 @@ from tests.helpers import (
     train,
 )
 
+# One cluster per module (started and stopped by the fixture below): its tests share one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 SLURM_TOOLS = REPO.parent / "shared" / "tools" / "slurm"
 
 # Short time limits make submitit's time-out signal come early (it is sent signal_delay_s before the limit), and
