@@ -8,7 +8,7 @@ import torch
 
 from nanogpt import model as gpt_model
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, KVCache, gemv_layout, sample_next
+from nanogpt.model import GPT, KVCache, matvecs_in_row_blocks, sample_next
 from tests.helpers import MODEL_OPTIONS, tiny_gpt
 
 # GPT-2's model (biases), without biases, and each modern option.
@@ -75,36 +75,54 @@ def test_generation_past_block_size_and_long_prompts():
     assert torch.equal(out[:, :100], prompt)
 
 
+@pytest.mark.parametrize("blocks", [2, 3, 7])  # 3 and 7 leave rows over: the remainder's own product
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_row_in_row_blocks_equals_linear(monkeypatch, blocks, bias):
+    """Each shape a one-row input comes in, against F.linear; other inputs go to F.linear as they are."""
+    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
+    layer = torch.nn.Linear(48, 101, bias=bias)
+    with torch.no_grad(), matvecs_in_row_blocks(layer, blocks):
+        for shape in [(48,), (1, 48), (1, 1, 48), (4, 48)]:
+            x = torch.randn(shape)
+            got = layer(x)
+            assert got.shape == (*shape[:-1], 101)
+            assert torch.allclose(got, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+    assert "forward" not in vars(layer)  # the class's forward again
+
+
 @pytest.mark.parametrize("variant", ["gpt2", "untied", "all"])
-def test_gemv_layout_keeps_logits_and_restores_the_weights(variant):
-    """Transposed storage changes only the order of the sums: cached logits equal the full forward's, and every
-    weight comes back contiguous and bit-identical, after the context and after a stream closed early."""
+def test_row_blocks_keep_logits_and_leave_the_model_as_it_was(monkeypatch, variant):
+    """Split matrix-vector products change only the order of the sums: cached logits equal the full forward's,
+    and the weights are untouched (views, never copies), after the context and after a stream closed early."""
+    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
     model = tiny_gpt(**VARIANTS[variant])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    seq = torch.randint(0, 101, (2, 40))
+    seq = torch.randint(0, 101, (1, 40))
     full, _ = model(seq)
-    with gemv_layout(model):
-        assert not model.lm_head.weight.is_contiguous() and not model.transformer.h[0].mlp.c_fc.weight.is_contiguous()
-        cache = KVCache(model.config, 2, seq.device, torch.float32)
+    with torch.no_grad(), matvecs_in_row_blocks(model, 3):
+        assert "forward" in vars(model.lm_head) and "forward" in vars(model.transformer.h[0].mlp.c_fc)
+        cache = KVCache(model.config, 1, seq.device, torch.float32)
         pieces = [model(seq[:, :20], cache=cache)[0]]
         pieces += [model(seq[:, i : i + 1], cache=cache)[0] for i in range(20, 40)]
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
-    stream = model.generate_stream(seq[:1, :5], 100, temperature=0.0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    stream = model.generate_stream(seq[:, :5], 10, temperature=0.0)
     next(stream)
-    # 100 tokens: generated in the transposed layout, but for the output layer (peak memory)
-    assert not model.transformer.h[0].mlp.c_fc.weight.is_contiguous() and model.lm_head.weight.is_contiguous()
+    assert "forward" in vars(model.transformer.h[0].mlp.c_fc)
     stream.close()
+    assert not any("forward" in vars(m) for m in model.modules())
     after = model.state_dict()
-    assert all(v.is_contiguous() and torch.equal(v, before[k]) for k, v in after.items())
+    assert all(torch.equal(v, before[k]) for k, v in after.items())
 
 
-def test_generation_in_gemv_layout_equals_plain_layout_past_block_size(monkeypatch):
-    """120 tokens with block_size 48: the cache is rebuilt twice, in the transposed layout as in the plain one."""
+def test_generation_in_row_blocks_equals_plain_generation_past_block_size(monkeypatch):
+    """120 tokens with block_size 48: the cache is rebuilt twice, with split products as without."""
     model = tiny_gpt()
     prompt = torch.randint(0, 101, (1, 30), generator=torch.Generator().manual_seed(2))
-    fast = model.generate(prompt, 120, temperature=0.0)
-    monkeypatch.setattr(gpt_model, "GEMV_LAYOUT_MIN_TOKENS", 10**9)
-    assert torch.equal(model.generate(prompt, 120, temperature=0.0), fast)
+    plain = model.generate(prompt, 120, temperature=0.0)
+    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert torch.equal(model.generate(prompt, 120, temperature=0.0), plain)
 
 
 def test_training_loss_at_init_is_log_vocab():
