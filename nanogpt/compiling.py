@@ -3,14 +3,16 @@
 Inductor caches compiled kernels and graphs (the FX graph cache) and the forward/backward split of training graphs
 (the AOT autograd cache) in /tmp by default, which many systems empty at boot. We keep them in
 ~/.cache/nanogpt/inductor instead, unless the user chose (TORCHINDUCTOR_CACHE_DIR, or either cache switched off).
-Both caches write by rename: safe to share between processes. A cold compile of the CPU recipe costs ~25 s, a warm
-one ~4 s (docs/BENCHMARKS.md).
+Both caches write by rename: safe to share between processes. A cold compile of the CPU recipe costs ~25 s; a warm
+one reaches its first step ~2 s after an eager run (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 
 import torch
 
@@ -37,9 +39,28 @@ def use_persistent_cache() -> str:
     return path
 
 
-def compile_module(module: torch.nn.Module, in_place: bool = False) -> torch.nn.Module:
-    """`module` compiled with the persistent cache; `in_place`: `module.compile()` (its parameter names stay)."""
+@functools.cache  # once per process
+def probe_cpu_isa_in_background() -> threading.Thread:
+    """Start Inductor's probe of the CPU's vector instructions on a thread, where it overlaps Dynamo's tracing.
+
+    Before it loads or builds its first CPU kernel, Inductor compiles and loads a test library for every vector ISA
+    the CPU reports, each load in a child Python: ~1.2 s of a warm compiled start on a Zen 4 (six children), paid by
+    every process, as the answer is cached in memory only. The thread waits on those children without the GIL; if
+    the main thread needs the answer first it runs the probe itself, as it would have anyway."""
+    # Imported here, not on the thread: concurrent first imports of Inductor's modules could deadlock.
+    from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
+
+    thread = threading.Thread(target=cpu_vec_isa.pick_vec_isa, name="inductor-isa-probe", daemon=True)
+    thread.start()
+    return thread
+
+
+def compile_module(module: torch.nn.Module, in_place: bool = False, cpu: bool = False) -> torch.nn.Module:
+    """`module` compiled with the persistent cache; `in_place`: `module.compile()` (its parameter names stay); `cpu`:
+    it runs on the CPU, whose vector ISA Inductor probes (started now, in the background)."""
     log.info("compiling the model; Inductor's cache: %s", use_persistent_cache())
+    if cpu:
+        probe_cpu_isa_in_background()
     if in_place:
         module.compile()
         return module

@@ -5,6 +5,7 @@ compiled graphs kept in a persistent Inductor cache."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -65,3 +66,19 @@ def test_inductor_cache_persists_unless_the_user_chose(monkeypatch, tmp_path):
     assert os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1" and os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "0"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compiling.use_persistent_cache() == str(tmp_path / "mine")
+
+
+def test_isa_probe_runs_once_in_the_background_and_answers_inductor():
+    """The probe thread fills the answer Inductor's kernels ask for; a second compile starts no second probe."""
+    from torch._inductor import cpu_vec_isa
+
+    from nanogpt import compiling
+
+    thread = compiling.probe_cpu_isa_in_background()
+    assert thread.name == "inductor-isa-probe" and compiling.probe_cpu_isa_in_background() is thread
+    thread.join(timeout=120)
+    assert not thread.is_alive() and cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 1
+    probe = "from torch._inductor import cpu_vec_isa as v; i = v.pick_vec_isa(); print(i, i.build_arch_flags())"
+    alone = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    isa = cpu_vec_isa.pick_vec_isa()
+    assert f"{isa} {isa.build_arch_flags()}" == alone  # the same answer as a process probing on its main thread
