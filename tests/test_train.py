@@ -160,6 +160,33 @@ def test_ddp_two_processes_equal_one(tmp_path, char_data, optimizer):
     assert_runs_agree(one, two)
 
 
+@pytest.mark.parametrize("eval_iters", [1, 7])
+def test_evaluation_stacks_batches_and_equals_one_forward_per_batch(char_data, eval_iters):
+    """Batches stacked 5 to a forward (4096 tokens of 12 x 64), the last group short: the same mean as a forward
+    per batch computed here."""
+    import torch
+
+    from nanogpt.config import ModelConfig
+    from nanogpt.data.batches import Batches
+    from nanogpt.device import Precision
+    from nanogpt.distributed import Dist
+    from nanogpt.model import GPT
+    from nanogpt.train import EVAL_TOKENS_PER_FORWARD, evaluate
+
+    assert EVAL_TOKENS_PER_FORWARD // (12 * 64) == 5
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65))
+    batches = Batches(str(char_data / "shakespeare_char"), 64, 12, 1, 1337, torch.device("cpu"))
+    precision = Precision(torch.device("cpu"), torch.float32, compile=False)
+    got = evaluate(model, batches, eval_iters, precision, Dist())
+    assert model.training  # evaluation hands the model back in training mode
+    model.eval()
+    with torch.no_grad():
+        for split in ("train", "val"):
+            want = sum(model(*batches.eval(split, k))[1].item() for k in range(eval_iters)) / eval_iters
+            assert got[split] == pytest.approx(want, rel=1e-6)
+
+
 def test_compile_on_cpu_caches_its_graphs(tmp_path, char_data, hellaswag_file):
     """device.compile=true compiles the loop's model (HellaSwag, scored at each evaluation, calls it uncompiled: its
     lengths vary) into the Inductor cache TORCHINDUCTOR_CACHE_DIR names (else ~/.cache/nanogpt/inductor);
