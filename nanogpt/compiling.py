@@ -55,11 +55,11 @@ def probe_cpu_isa_in_background() -> threading.Thread:
     return thread
 
 
-def compile_module(module: torch.nn.Module, in_place: bool = False, cpu: bool = False) -> torch.nn.Module:
-    """`module` compiled with the persistent cache; `in_place`: `module.compile()` (its parameter names stay); `cpu`:
-    it runs on the CPU, whose vector ISA Inductor probes (started now, in the background)."""
+def compile_module(module: torch.nn.Module, device: torch.device, in_place: bool = False) -> torch.nn.Module:
+    """`module`, which runs on `device`, compiled with the persistent cache; `in_place`: `module.compile()` (its
+    parameter names stay). On a CPU, Inductor's probe of its vector ISA starts now, in the background."""
     log.info("compiling the model; Inductor's cache: %s", use_persistent_cache())
-    if cpu:
+    if device.type == "cpu":
         probe_cpu_isa_in_background()
     if in_place:
         module.compile()

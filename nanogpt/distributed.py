@@ -132,7 +132,7 @@ def wrap(model: torch.nn.Module, parallel: str, d: Dist, precision: Precision) -
         # the config, the same on every rank.
         device = precision.device
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    return compiling.compile_module(model, cpu=precision.device.type == "cpu") if precision.compile else model
+    return compiling.compile_module(model, precision.device) if precision.compile else model
 
 
 def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch.nn.Module:
@@ -151,7 +151,7 @@ def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch
         if precision.compile:
             # Each block compiled in place, before sharding: FSDP's hooks between blocks would cut a whole-model
             # graph at every block anyway, and the parameter names (and so the checkpoints) stay the same.
-            compiling.compile_module(block, in_place=True, cpu=precision.device.type == "cpu")
+            compiling.compile_module(block, precision.device, in_place=True)
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     if any(p.is_meta for p in model.parameters()):
