@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -106,7 +107,7 @@ _SCRATCH_DIR = "nanogpt-scratch-"
 
 
 def _launch_rank() -> int:
-    from nanogpt.distributed import launch_env
+    from nanogpt.launch import launch_env
 
     return launch_env().rank
 
@@ -186,12 +187,36 @@ def _override_values(overrides: list[str]) -> DictConfig:
 # ---- the entry points ----
 
 
+@contextlib.contextmanager
+def _importing_torch() -> Iterator[None]:
+    """Around an entry point's first import of torch: Python's garbage collector paused during it, then what it
+    made frozen out of the collector's reach (gc.freeze). torch and its compiler stack are about a million objects
+    that live as long as the process, and each full collection walks them all: several ran during start-up
+    (~0.4 s of run.py's 2.6 s to its first step on a 2-core Zen 4) and the last ones at exit (~0.8 s). Objects
+    made later are collected as usual. Once per process: with torch already imported (a second job of a sweep,
+    a library user) this does nothing, so no garbage of theirs is frozen."""
+    if "torch" in sys.modules:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool = False) -> None:
     """Train as `cfg` says. In a sweep a failed job is recorded in its status.json and the sweep goes on;
     otherwise a user error exits 2 with one line, and a signal exits 128 + its number after saving."""
-    from nanogpt.runlock import RunDirBusy
-    from nanogpt.signals import Interrupted
-    from nanogpt.train import train
+    with _importing_torch():
+        import torch._dynamo  # noqa: F401  every torch.optim optimizer imports it when built: frozen with torch
+
+        from nanogpt.runlock import RunDirBusy
+        from nanogpt.signals import Interrupted
+        from nanogpt.train import train
 
     started = time.time()
     status: dict = {"status": "running"}
@@ -281,7 +306,8 @@ def prepare_main(cfg: DictConfig) -> None:
 
 @exit_on_user_error
 def sample_main(cfg: DictConfig) -> None:
-    from nanogpt.sampling import sample
+    with _importing_torch():
+        from nanogpt.sampling import sample
 
     sample(to_object(cfg, SampleConfig))
 
@@ -289,7 +315,8 @@ def sample_main(cfg: DictConfig) -> None:
 @exit_on_user_error
 def export_main(cfg: DictConfig) -> None:
     e: ExportConfig = to_object(cfg, ExportConfig)
-    from nanogpt.runs import export_run  # torch: after the config is known to be good
+    with _importing_torch():
+        from nanogpt.runs import export_run  # torch: after the config is known to be good
 
     export_run(e.run, e.out, e.checkpoint)
 
@@ -301,6 +328,7 @@ def eval_main(cfg: DictConfig, overrides: list[str]) -> None:
         # The run's own local HellaSwag file (given to run.py offline), so it need not be repeated here.
         with contextlib.suppress(UserError):  # not a run dir: the evaluation says so, naming the checkpoint
             e.eval.hellaswag_file = load_run_config(e.run).eval.hellaswag_file
-    from nanogpt.eval.command import evaluate  # torch: after the config is known to be good
+    with _importing_torch():
+        from nanogpt.eval.command import evaluate  # torch: after the config is known to be good
 
     evaluate(e, overrides)

@@ -9,7 +9,6 @@ import datetime
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,40 +16,13 @@ import torch.distributed as dist
 
 from nanogpt import compiling
 from nanogpt.device import Precision
+from nanogpt.launch import Dist, launch_env
 
 log = logging.getLogger("nanogpt")
 
 # A checkpoint's optimizer states are one state dict per optimizer, or, gathered from FSDP shards (which hold
 # every optimizer's state together, keyed by parameter name), one entry under this key.
 GATHERED_OPTIM_KEY = "fsdp"
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def launch_env() -> Dist:
-    """Rank, local rank and world size as torchrun sets them, else as Slurm does (one task per GPU)."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Dist(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return Dist(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]))
-    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:  # hydra/launcher=local with tasks_per_node > 1
-        ntasks = int(env["SUBMITIT_LOCAL_NTASKS"])
-        return Dist(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env["SUBMITIT_LOCAL_LOCALID"]), ntasks)
-    return Dist()
 
 
 def setup(device_type: str) -> Dist:
