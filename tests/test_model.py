@@ -167,10 +167,10 @@ def test_flops_and_optimizer_groups():
     assert model.flops_per_token() == 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
-def test_cpu_autocast_attention_matches_sdpa():
+def test_cpu_autocast_attention_matches_sdpa(monkeypatch):
     """Under bf16 autocast on a CPU, attention is written out as matmuls (model.causal_attention_matmuls): its output
     and gradients match PyTorch's attention in fp64 on the same bf16 inputs, to bf16's precision, and the model
-    takes that path (its bf16 loss stays within bf16 rounding of the fp32 one)."""
+    takes that path when training (its bf16 loss stays within bf16 rounding of the fp32 one)."""
     from nanogpt.model import causal_attention_matmuls
 
     torch.manual_seed(0)
@@ -191,3 +191,12 @@ def test_cpu_autocast_attention_matches_sdpa():
         _, loss_bf16 = model(x, x)
         dropped = causal_attention_matmuls(q, k, v, 0.5)  # dropout in training runs and keeps the shape
     assert abs(loss_bf16.item() - model(x, x)[1].item()) < 0.02 and dropped.shape == q.shape
+
+    # Without gradients (evaluation) the model takes PyTorch's fused kernel instead, whose bf16 forward is quicker.
+    def refuse(*args):
+        raise AssertionError("the written-out attention ran without gradients")
+
+    monkeypatch.setattr(gpt_model, "causal_attention_matmuls", refuse)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss_eval = model(x, x)
+    assert abs(loss_eval.item() - loss_bf16.item()) < 0.02
