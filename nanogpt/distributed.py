@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +82,11 @@ def barrier(d: Dist) -> None:
 
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
+        # gloo's worker threads destroy a finished collective's work after the caller has moved on, and that needs
+        # the GIL to let go of its tensors. Whatever frees the process group last (DDP's reducer, as train()
+        # returns) joins those threads while holding the GIL: a rank that gets there within a few ms of its last
+        # collective hangs for good. Sleeping releases the GIL so they finish first.
+        time.sleep(0.05)
         dist.destroy_process_group()
 
 
