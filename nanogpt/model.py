@@ -175,11 +175,11 @@ class CausalSelfAttention(nn.Module):
         # switch inside causal_attention_matmuls would keep AOT autograd's cache from storing the graph.
         eager_cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         if mask is None and is_causal and eager_cpu_bf16 and not torch.compiler.is_compiling():
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or dropout:  # the fused CPU kernels have no dropout
                 y = causal_attention_matmuls(q, k, v, dropout)
             else:  # evaluation: the fused kernel's bf16 forward is quicker (its backward is the slow part)
                 with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+                    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # flash / memory-efficient attention where the device has it
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
