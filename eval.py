@@ -5,14 +5,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nanogpt.cli import main_with_clean_errors, register_configs
+from nanogpt.cli.compose import main_with_clean_errors, register_configs
 
 register_configs("eval_schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from nanogpt.cli import eval_main
+    from nanogpt.cli.eval import eval_main
 
     eval_main(cfg, list(HydraConfig.get().overrides.task))
 

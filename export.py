@@ -3,14 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from nanogpt.cli import main_with_clean_errors, register_configs
+from nanogpt.cli.compose import main_with_clean_errors, register_configs
 
 register_configs("export_schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from nanogpt.cli import export_main
+    from nanogpt.cli.export import export_main
 
     export_main(cfg)
 

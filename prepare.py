@@ -3,14 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from nanogpt.cli import main_with_clean_errors, register_configs
+from nanogpt.cli.compose import main_with_clean_errors, register_configs
 
 register_configs("prepare_schema")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    from nanogpt.cli import prepare_main
+    from nanogpt.cli.prepare import prepare_main
 
     prepare_main(cfg)
 

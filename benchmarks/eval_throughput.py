@@ -7,7 +7,7 @@ Random weights, fp32, eval mode: `baby` (6x384) and `gpt2` (12x768) with GPT-2's
 The examples are HellaSwag's (`--file`) or, offline, made in its shape from the real tiny Shakespeare: a context of
 20-60 words and four endings of 8-25 words each (HellaSwag's rows run ~50-120 GPT-2 tokens).
 
-- eval: `nanogpt.eval.hellaswag.evaluate` on the examples, everything included (tokenizing, batching an example's
+- eval: `nanogpt.eval.hellaswag.score` on the examples, everything included (tokenizing, batching an example's
   4 endings together, padding, the forward, the log-softmax over the endings' positions); counted in real tokens,
   the rows' lengths without padding.
 - forward: `model(x)` on random token batches of the same rows per forward, each as long as the eval's mean row,
@@ -29,14 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when run as benchmarks/eval_throughput.py
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import CORPUS  # noqa: E402
-from nanogpt.config import ModelConfig  # noqa: E402
-from nanogpt.eval import hellaswag  # noqa: E402
-from nanogpt.eval.scoring import Scorer  # noqa: E402
-from nanogpt.model import GPT  # noqa: E402
-from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer  # noqa: E402
+from benchmarks.common import CORPUS
+from nanogpt.config import ModelConfig
+from nanogpt.eval import hellaswag
+from nanogpt.eval.scoring import Scorer
+from nanogpt.model import GPT
+from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 SHAPES = {
     "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=1024),
@@ -65,7 +65,7 @@ def time_eval(scorer: Scorer, examples: list) -> tuple[float, int]:
     """Seconds for one scoring of every example, and the real tokens it fed the model."""
     tokens = sum(len(r.tokens) - 1 for ex in examples for r in hellaswag.rows(scorer, ex)[0])
     t0 = time.perf_counter()
-    hellaswag.evaluate(scorer, examples)
+    hellaswag.score(scorer, examples)
     return time.perf_counter() - t0, tokens
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     cfg = ModelConfig(**SHAPES[args.model], vocab_size=padded)
     model = GPT(cfg).eval()
     scorer = Scorer(model, tokenizer, cfg.block_size, vocab, torch.device("cpu"), batch_size=args.batch_size)
-    hellaswag.evaluate(scorer, examples[:8])  # warm-up: kernels, allocator, the tokenizer's cache
+    hellaswag.score(scorer, examples[:8])  # warm-up: kernels, allocator, the tokenizer's cache
     _, tokens = time_eval(scorer, examples)
     rows = 4 * max(1, args.batch_size // 4)
     forwards = -(-len(examples) * 4 // rows)

@@ -36,10 +36,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when run as benchmarks/sampling.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-import torch  # noqa: E402
+import torch
 
-from nanogpt.config import ModelConfig  # noqa: E402
-from nanogpt.model import GPT  # noqa: E402
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT
 
 
 @torch.no_grad()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when run as benchmarks/sampling_dtype.py
 
-import torch  # noqa: E402
+import torch
 
-from nanogpt.config import ModelConfig  # noqa: E402
-from nanogpt.model import GPT  # noqa: E402
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT
 
 MODELS = {  # name: (shape, new tokens)
     "124M": (dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304), 40),

@@ -24,9 +24,9 @@ from common import CORPUS  # benchmarks/ is on sys.path as a script; it puts the
 
 os.environ.setdefault("NANOGPT_OFFLINE", "1")  # GPT-2 from the packaged BPE files, never a network wait
 
-from nanogpt import bpe  # noqa: E402
-from nanogpt.config import GPT2_PATTERN  # noqa: E402
-from nanogpt.tokenizer import BPETokenizer, gpt2_encoding  # noqa: E402
+from nanogpt import bpe
+from nanogpt.config import GPT2_PATTERN
+from nanogpt.tokenizer import BPETokenizer, gpt2_encoding
 
 
 def cpu_name() -> str:

@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 
+from nanogpt.atomic import atomic_symlink, fsync
 from nanogpt.errors import UserError
-from nanogpt.files import atomic_symlink, fsync
 
 WEIGHTS, STATE, INFO = "model.safetensors", "trainer.pt", "info.json"
 _ITER_DIR = re.compile(r"^iter-(\d+)(?:-\d+)?$")

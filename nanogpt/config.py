@@ -1,6 +1,6 @@
 """Typed configuration: every field of every config group is defined and documented here, once.
 
-The YAML files in `conf/` only set values; Hydra merges them into these dataclasses (nanogpt/cli.py, the Hydra
+The YAML files in `conf/` only set values; Hydra merges them into these dataclasses (nanogpt/cli/, the Hydra
 boundary), so an unknown key or a value of the wrong type is rejected with the key named. `validate()` adds the
 checks types cannot express. This module imports neither Hydra nor OmegaConf: the rest of the package takes
 these objects and never touches Hydra.
@@ -50,8 +50,9 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head shares the token embedding's weights, as GPT-2
     zero_init_proj: bool = False  # start each block's output projections (attn and MLP c_proj) at zero
     zero_init_head: bool = False  # start the output head at zero (needs tie_embeddings=false)
-    # One dial for a family of shapes, as nanochat's --depth (nanogpt/scaling.py): with depth set, n_layer = depth,
-    # n_embd = depth x aspect_ratio (a whole number of heads) and n_head = n_embd / head_dim, replacing the three.
+    # One dial for a family of shapes, as nanochat's --depth (nanogpt/sweeps/budgets.py): with depth set,
+    # n_layer = depth, n_embd = depth x aspect_ratio (a whole number of heads) and n_head = n_embd / head_dim,
+    # replacing the three.
     depth: int | None = None  # None: n_layer, n_head and n_embd as given
     aspect_ratio: int = 64  # with depth: residual width per layer
     head_dim: int = 64  # with depth: channels per attention head
@@ -125,7 +126,7 @@ class DeviceConfig:
     dtype: str = "auto"
     # torch.compile the model; null: on CUDA GPUs only (experiment=shakespeare_char, like nanoGPT's GPU figure), where
     # it pays for itself within minutes; on CPUs and MPS it does not (docs/BENCHMARKS.md). Compiled graphs are cached
-    # in $TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor (nanogpt/compiling.py).
+    # in $TORCHINDUCTOR_CACHE_DIR, else ~/.cache/nanogpt/inductor (nanogpt/inductor.py).
     compile: bool | None = False
     matmul_tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
     # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name
@@ -148,7 +149,7 @@ class LoggerConfig:
 class TrainConfig:
     """The training loop."""
 
-    # The run's length: max_iters, or a compute budget that sets it (nanogpt/scaling.py), never both.
+    # The run's length: max_iters, or a compute budget that sets it (nanogpt/sweeps/budgets.py), never both.
     max_iters: int | None = None  # optimizer steps; None: what a budget below buys, else DEFAULT_MAX_ITERS
     flops_budget: float | None = None  # training FLOPs to spend: 6N + attention per token (GPT.flops_per_token)
     tokens_budget: float | None = None  # or training tokens to see; each budget is spent to within half a step
@@ -339,7 +340,7 @@ def _check_sample(cfg: SampleConfig) -> None:
 
 
 def _check_length(cfg: RunConfig) -> None:
-    """The depth dial and the run's length: max_iters or one budget (nanogpt/scaling.py derives the rest)."""
+    """The depth dial and the run's length: max_iters or one budget (nanogpt/sweeps/budgets.py derives the rest)."""
     m, t = cfg.model, cfg.train
     _check(m.aspect_ratio > 0, f"model.aspect_ratio={m.aspect_ratio} must be > 0")
     _check(m.head_dim > 0, f"model.head_dim={m.head_dim} must be > 0")

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nanogpt import compiling
+from nanogpt import inductor
 from nanogpt.device import Precision
-from nanogpt.launch import Dist, launch_env
+from nanogpt.ranks import Dist, launch_env
 
 log = logging.getLogger("nanogpt")
 
@@ -110,7 +110,7 @@ def wrap(model: torch.nn.Module, parallel: str, d: Dist, precision: Precision) -
         # the config, the same on every rank.
         device = precision.device
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    return compiling.compile_module(model, precision.device) if precision.compile else model
+    return inductor.compile_module(model, precision.device) if precision.compile else model
 
 
 def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch.nn.Module:
@@ -129,7 +129,7 @@ def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch
         if precision.compile:
             # Each block compiled in place, before sharding: FSDP's hooks between blocks would cut a whole-model
             # graph at every block anyway, and the parameter names (and so the checkpoints) stay the same.
-            compiling.compile_module(block, precision.device, in_place=True)
+            inductor.compile_module(block, precision.device, in_place=True)
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     if any(p.is_meta for p in model.parameters()):

@@ -24,7 +24,7 @@ class BatchedMuon(torch.optim.Muon):
         self.ns_dtype = ns_dtype  # not a hyperparameter: kept out of param_groups and so out of checkpoints
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch.optim's signature)
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -150,7 +150,7 @@ class BPETokenizer(_Tiktoken):
         return cls(raw.decode("utf-8"))
 
     def save(self, folder: str) -> None:
-        from nanogpt.files import atomic_write
+        from nanogpt.atomic import atomic_write
 
         atomic_write(os.path.join(folder, self.FILE), self.definition.encode("utf-8"))
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, distributed, optim, runs, scaling
+from nanogpt import checkpoint, distributed, optim, runs
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
-from nanogpt.compression import bits_per_byte
+from nanogpt.bits_per_byte import bits_per_byte
 from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
 from nanogpt.data.tokens import SPLITS, dataset_dir, read_meta
@@ -27,8 +27,9 @@ from nanogpt.errors import FailedDuringTraining, UserError
 from nanogpt.eval.loop import TrainingTasks
 from nanogpt.metrics import MetricsLog
 from nanogpt.model import GPT
-from nanogpt.runlock import RunLock
+from nanogpt.rundir import RunLock
 from nanogpt.signals import Interrupted, StopSignals
+from nanogpt.sweeps import budgets
 
 log = logging.getLogger("nanogpt")
 
@@ -129,7 +130,7 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
         )
     data_path = _prepared_data(cfg, dist, precision.device)
     # The run's shape and length (model.depth, a compute budget), once the data's vocabulary is known.
-    cfg, plan = scaling.resolve(cfg, read_meta(data_path)["vocab_size"])
+    cfg, plan = budgets.resolve(cfg, read_meta(data_path)["vocab_size"])
     train_cfg = cfg.train
     cfg = dataclasses.replace(cfg, optim=optim.fit_schedule(cfg.optim, train_cfg.max_iters, train_cfg.eval_only))
     ckpt = checkpoint.find(run_dir, "latest")
@@ -159,8 +160,8 @@ def _setup(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devi
     if ckpt is not None:
         state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
     if dist.is_main and plan is not None:  # once resume succeeded: a refused one leaves the run's files as they were
-        log.info("plan: %s", scaling.describe(plan))
-        scaling.write_plan(run_dir, plan)
+        log.info("plan: %s", budgets.describe(plan))
+        budgets.write_plan(run_dir, plan)
     # Downstream tasks call raw_model: a full replica under DDP, the sharded module under FSDP, never compiled.
     tasks = TrainingTasks(cfg, info, raw_model, precision, dist) if train_cfg.eval_tasks else None
     metrics = _start_metrics(cfg, run_dir, raw_model, precision, resumed=ckpt is not None) if dist.is_main else None
@@ -336,7 +337,7 @@ def _evaluate_and_save(tr: Trainer, speed: _Throughput, lr: float) -> float:
     # On a CPU the loss is evaluated uncompiled: a compiled model would trace a second graph (no grad, eval mode),
     # which costs more at start-up than it saves over a run's evaluations.
     model = tr.raw_model if tr.precision.device_type == "cpu" else tr.model
-    losses = evaluate(model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
+    losses = estimate_loss(model, tr.batches, train_cfg.eval_iters, tr.precision, tr.dist)
     last = state.iter == train_cfg.max_iters or train_cfg.eval_only
     scores = tr.tasks.run(state.iter) if tr.tasks is not None and tr.tasks.due(state.iter, last) else {}  # all ranks
     state.evaluated_at = state.iter
@@ -415,7 +416,7 @@ EVAL_TOKENS_PER_FORWARD = 4096
 
 
 @torch.no_grad()
-def evaluate(
+def estimate_loss(
     model: torch.nn.Module, batches: Batches, eval_iters: int, precision: devices.Precision, d: distributed.Dist
 ) -> dict[str, float]:
     """Mean loss over the same `eval_iters` batches of each split, shared out across processes. Every process runs

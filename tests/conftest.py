@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import OFFLINE_ENV, SHAKESPEARE, run_entry
+from tests.helpers import OFFLINE_ENV, SHAKESPEARE, SHAKESPEARE_DEFAULT, run_entry
 
 os.environ.update(OFFLINE_ENV)
 
@@ -25,7 +25,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:
     if not SHAKESPEARE.exists():
-        pytest.skip(f"{SHAKESPEARE} is missing (it lives in ../shared/data beside the repo)")
+        pytest.skip(
+            f"{SHAKESPEARE} is missing: the real tiny Shakespeare is looked for at {SHAKESPEARE_DEFAULT}, "
+            "or NANOGPT_SHAKESPEARE=<path to input.txt> points at a copy"
+        )
     return SHAKESPEARE
 
 

@@ -22,7 +22,9 @@ from typing import Any
 from nanogpt.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+# The real tiny Shakespeare: $NANOGPT_SHAKESPEARE, else ../shared/data/tinyshakespeare.txt beside the repo.
+SHAKESPEARE_DEFAULT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = Path(os.environ["NANOGPT_SHAKESPEARE"]) if os.environ.get("NANOGPT_SHAKESPEARE") else SHAKESPEARE_DEFAULT
 
 # Offline and quiet: no hub retries, no wandb prompts, deterministic threads.
 OFFLINE_ENV = {

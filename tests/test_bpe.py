@@ -424,8 +424,8 @@ def test_data_set_of_other_settings_or_source_is_refused(tmp_path, caplog):
 def test_bits_per_byte_and_the_sweep_report(tmp_path):
     """bits per byte = loss / ln 2 / bytes per token of that split; a data set prepared before bytes were
     recorded gives none (no error); the sweep report ranks jobs on it too."""
-    from nanogpt.compression import bits_per_byte
-    from nanogpt.sweep import write_report
+    from nanogpt.bits_per_byte import bits_per_byte
+    from nanogpt.sweeps.report import write_report
 
     assert bits_per_byte({"train": 2.0, "val": 3.0}, {"bytes_per_token": {"train": 4.0, "val": 3.5}}) == {
         "train_bpb": pytest.approx(2.0 / math.log(2) / 4.0),

@@ -415,7 +415,7 @@ def test_hub_sets_with_no_network_and_no_local_copy_are_one_line(tmp_path):
     """The presets as they stand, under HF_HUB_OFFLINE (as with no network), nothing downloaded before."""
     from hydra import compose, initialize_config_dir
 
-    from nanogpt.cli import register_configs, to_object
+    from nanogpt.cli.compose import register_configs, to_object
     from nanogpt.config import PrepareConfig
     from nanogpt.data.prepare import prepare
     from nanogpt.errors import UserError

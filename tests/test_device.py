@@ -55,27 +55,27 @@ def test_bf16_is_chosen_only_with_hardware_dot_products_and_onednn(monkeypatch):
 
 
 def test_inductor_cache_persists_unless_the_user_chose(monkeypatch, tmp_path):
-    from nanogpt import compiling
+    from nanogpt import inductor
 
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")  # the user's choice stays
-    assert compiling.use_persistent_cache() == str(tmp_path / "xdg" / "nanogpt" / "inductor")
+    assert inductor.use_persistent_cache() == str(tmp_path / "xdg" / "nanogpt" / "inductor")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "nanogpt" / "inductor")
     assert os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1" and os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "0"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert compiling.use_persistent_cache() == str(tmp_path / "mine")
+    assert inductor.use_persistent_cache() == str(tmp_path / "mine")
 
 
 def test_isa_probe_runs_once_in_the_background_and_answers_inductor():
     """The probe thread fills the answer Inductor's kernels ask for; a second compile starts no second probe."""
     from torch._inductor import cpu_vec_isa
 
-    from nanogpt import compiling
+    from nanogpt import inductor
 
-    thread = compiling.probe_cpu_isa_in_background()
-    assert thread.name == "inductor-isa-probe" and compiling.probe_cpu_isa_in_background() is thread
+    thread = inductor.probe_cpu_isa_in_background()
+    assert thread.name == "inductor-isa-probe" and inductor.probe_cpu_isa_in_background() is thread
     thread.join(timeout=120)
     assert not thread.is_alive() and cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 1
     probe = "from torch._inductor import cpu_vec_isa as v; i = v.pick_vec_isa(); print(i, i.build_arch_flags())"

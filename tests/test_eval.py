@@ -123,7 +123,7 @@ def test_hellaswag_scores_equal_an_independent_gpt2_computation(tiny_hf, hellasw
 
     model = from_huggingface(str(tiny_hf))
     scorer = Scorer(model, enc, 48, 50257, torch.device("cpu"), batch_size=12, dist=Dist())  # 3 examples a forward
-    ours = hellaswag.score(scorer, examples)
+    ours = hellaswag.score_each(scorer, examples)
     for (losses, counts), s in zip(reference, ours, strict=True):
         assert s.tokens == counts
         assert max(abs(a - b) for a, b in zip(losses, s.losses, strict=True)) < 1e-4
@@ -132,7 +132,7 @@ def test_hellaswag_scores_equal_an_independent_gpt2_computation(tiny_hf, hellasw
     assert ours[0].cropped and not any(s.cropped for s in ours[1:])
     assert len({s.pred for s in ours}) > 1 and len({s.pred_norm for s in ours}) > 1  # not one answer for all
 
-    result = hellaswag.evaluate(scorer, examples)
+    result = hellaswag.score(scorer, examples)
     right = sum(s.pred == ex.label for s, ex in zip(ours, examples, strict=True))
     right_norm = sum(s.pred_norm == ex.label for s, ex in zip(ours, examples, strict=True))
     assert result.metrics == {"acc": right / 12, "acc_norm": right_norm / 12}
@@ -251,7 +251,7 @@ def test_in_loop_hellaswag_sharded_over_two_fsdp_processes(tmp_path, char_data, 
 
     model, tokenizer, vocab = load_for_sampling(SampleConfig(run=str(run), checkpoint="latest"))
     examples = hellaswag.load(TasksConfig(hellaswag_file=str(hellaswag_file)), "unused", 5, Dist())
-    one = hellaswag.evaluate(Scorer(model, tokenizer, 32, vocab, torch.device("cpu"), batch_size=4), examples)
+    one = hellaswag.score(Scorer(model, tokenizer, 32, vocab, torch.device("cpu"), batch_size=4), examples)
     assert (last[-1]["hellaswag_acc"], last[-1]["hellaswag_acc_norm"]) == (one.metrics["acc"], one.metrics["acc_norm"])
     assert one.examples == 5
 
@@ -327,7 +327,7 @@ def test_eval_refusals_are_one_line_and_leave_the_run_alone(eval_run, no_checkpo
 def test_sweep_report_shows_downstream_metrics_beside_the_val_loss(tmp_path):
     """The report's table gains the tasks' final values, and val_loss.png a second plot of the acc_norm curves."""
     pytest.importorskip("matplotlib")
-    from nanogpt.sweep import write_report
+    from nanogpt.sweeps.report import write_report
 
     for job, accs in (("0", [0.25, 0.30]), ("1", [0.26, 0.35])):
         (tmp_path / job / ".hydra").mkdir(parents=True)

@@ -14,7 +14,7 @@ from tests.helpers import run_entry
 
 
 def test_refused_values_are_quoted_and_valid_overrides_untouched():
-    from nanogpt.overrides import quote_free_text
+    from nanogpt.cli.quoting import quote_free_text
 
     typed = {
         "start=床前明月光": "start='床前明月光'",
@@ -46,7 +46,7 @@ def test_refused_values_are_quoted_and_valid_overrides_untouched():
 def test_quoted_form_reads_back_exactly():
     """Hydra's parser reads every quoted value back as the text itself: quotes, backslashes before quotes and at
     the end, commas, spaces and any script."""
-    from nanogpt.overrides import _parser, _parses_to, hydra_quote
+    from nanogpt.cli.quoting import _parser, _parses_to, hydra_quote
 
     parser = _parser()
     rng = random.Random(0)
@@ -85,7 +85,7 @@ def test_scripts_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("value", ["a{b", "it's \\", "床 'x'", 'say "$HOME"!'])
 def test_remaining_error_says_how_to_quote(value):
     """Where Hydra still refuses an override, the line shows it typed so that the shell and Hydra read it back."""
-    from nanogpt.overrides import _parser, _parses_to, quoting_hint
+    from nanogpt.cli.quoting import _parser, _parses_to, quoting_hint
 
     hint = quoting_hint(f"start={value}")
     (typed,) = shlex.split(hint.rsplit(": ", 1)[1])  # as a POSIX shell reads it

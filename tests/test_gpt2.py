@@ -198,8 +198,8 @@ def test_presets_match_nanogpt_configs():
     assert owt.device.device == "cuda" and owt.device.compile
 
     # The short spelling is the same run, but for the device, the name and HellaSwag in the loop (its max_iters is
-    # the default's, as the run derives it: nanogpt/scaling.py).
-    from nanogpt.scaling import resolve
+    # the default's, as the run derives it: nanogpt/sweeps/budgets.py).
+    from nanogpt.sweeps.budgets import resolve
 
     short = compose("model=gpt2", "data=owt")
     short_run, owt_run = resolve(short, 50257)[0], resolve(owt, 50257)[0]

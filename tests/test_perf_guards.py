@@ -7,7 +7,7 @@ GPT-2, BPE, downstream tasks, Hugging Face data), each imported only inside the 
 never loads torch._dynamo (about a second: only torch.optim's optimizers pull it in) or the training and data
 modules. Checked on the modules a process holds at its exit (sys.modules: `python -X importtime` misses what
 `importlib.import_module` loads, as Hydra does for callbacks). And torch is imported with Python's garbage
-collector paused, then frozen out of its reach (nanogpt.cli._importing_torch): its full collections over torch's
+collector paused, then frozen out of its reach (nanogpt.cli.startup.importing_torch): its full collections over torch's
 objects cost ~0.4 s of start-up and ~0.8 s at exit.
 """
 
@@ -22,7 +22,7 @@ from tests.helpers import REPO, run_command, run_dirs, run_entry
 HEAVY = ("transformers", "datasets", "wandb", "tiktoken", "lm_eval", "tokenizers", "matplotlib")
 # Ours, for other jobs than training the character recipe.
 NOT_FOR_TRAINING = (
-    "nanogpt.isoflop",
+    "nanogpt.sweeps.isoflop",
     "nanogpt.pretrained",
     "nanogpt.bpe",
     "nanogpt.eval.hellaswag",
@@ -66,7 +66,7 @@ def test_train_and_sample_paths_import_only_what_they_need(tmp_path, char_data):
     args = ["experiment=shakespeare_char_cpu", f"paths.data_dir={char_data}", "train.max_iters=2"]
     args += ["train.eval_iters=1", "optim.warmup_iters=1", "optim.lr_decay_iters=2"]
     modules = imported("run.py", *args, cwd=tmp_path)
-    assert {"torch", "hydra", "nanogpt.train", "nanogpt.sweep"} <= modules  # the listing works
+    assert {"torch", "hydra", "nanogpt.train", "nanogpt.sweeps"} <= modules  # the listing works
     assert loaded(modules, HEAVY + NOT_FOR_TRAINING) == []
     [run] = run_dirs(tmp_path, "shakespeare_char_cpu")
     modules = imported("sample.py", f"run={run}", "max_new_tokens=2", "num_samples=1", cwd=tmp_path)
@@ -78,10 +78,10 @@ def test_torch_import_pause_leaves_a_process_that_has_torch_alone():
     """A library user's process (this one) already holds torch: nothing of theirs is frozen, the collector stays on."""
     import torch  # noqa: F401
 
-    from nanogpt.cli import _importing_torch
+    from nanogpt.cli.startup import importing_torch
 
     before = gc.get_freeze_count()
-    with _importing_torch():
+    with importing_torch():
         assert gc.isenabled()
     assert gc.get_freeze_count() == before and gc.isenabled()
 

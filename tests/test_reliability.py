@@ -223,7 +223,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, run_copy, damage):
     before = snapshot(run_copy)
     proc = run_entry("run.py", f"resume={run_copy}", "train.max_iters=12", cwd=tmp_path, check=False)
     one_line_error(proc, str(ckpt))
-    kept = lambda files: {k: v for k, v in files.items() if k not in ("run.log", ".lock")}  # noqa: E731
+    kept = lambda files: {k: v for k, v in files.items() if k not in ("run.log", ".lock")}
     assert kept(snapshot(run_copy)) == kept(before)  # status.json and metrics.jsonl untouched too
 
 
@@ -257,7 +257,7 @@ def test_live_run_dir_is_locked_and_stale_lock_taken_over(tmp_path, run_copy):
         [
             sys.executable,
             "-c",
-            f"from nanogpt.runlock import RunLock; RunLock({str(run_copy)!r}); "
+            f"from nanogpt.rundir import RunLock; RunLock({str(run_copy)!r}); "
             "print('held', flush=True); import time; time.sleep(120)",
         ],
         cwd=REPO,

@@ -90,7 +90,7 @@ def test_basic_sweep_runs_every_combination_and_reports(tmp_path, char_data):
     # And the command line writes the same report again.
     for f in ("report.md", "report.csv", "val_loss.png"):
         (sweep / f).unlink()
-    out = run_command([sys.executable, "-m", "nanogpt.sweep", str(sweep)], tmp_path).stdout
+    out = run_command([sys.executable, "-m", "nanogpt.sweeps", str(sweep)], tmp_path).stdout
     assert "| 0 | `optim.lr=0.001 model.n_layer=1` | completed |" in out
     assert read_csv(sweep / "report.csv") == rows and (sweep / "val_loss.png").exists()
 
@@ -113,7 +113,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, char_data):
 
 
 def test_sweep_report_of_a_dir_without_jobs_is_one_line_error(tmp_path):
-    proc = run_command([sys.executable, "-m", "nanogpt.sweep", str(tmp_path)], REPO, check=False, timeout=120)
+    proc = run_command([sys.executable, "-m", "nanogpt.sweeps", str(tmp_path)], REPO, check=False, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: {tmp_path} holds no job dirs (0/, 1/, ...): pass a sweep dir, multirun/<date>/<time>"
     )

@@ -17,9 +17,10 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from nanogpt import isoflop, optim, scaling
+from nanogpt import optim
 from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig, validate
 from nanogpt.errors import UserError
+from nanogpt.sweeps import budgets, isoflop
 from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 # ---- FLOPs accounting ----
@@ -75,7 +76,7 @@ def test_flops_budget_gives_the_hand_computed_steps_and_is_spent_within_one_step
     n, per_token = hand_count(**hand)
     per_step = 8 * 3 * hand["T"] * per_token  # batch 8 x grad_accum 3 x block_size
     for budget in (1.0 * per_step, 1e3 * per_step + 0.49 * per_step, 2.5e5 * per_step, 7.77e6 * per_step):
-        cfg, plan = scaling.resolve(run_config(model, flops_budget=budget, batch_size=8, grad_accum=3), data_vocab)
+        cfg, plan = budgets.resolve(run_config(model, flops_budget=budget, batch_size=8, grad_accum=3), data_vocab)
         assert (plan.params, plan.flops_per_token) == (n, per_token)
         assert plan.tokens_per_step == 24 * hand["T"]
         assert cfg.train.max_iters == plan.max_iters == round(budget / per_step)
@@ -89,7 +90,7 @@ def test_flops_budget_gives_the_hand_computed_steps_and_is_spent_within_one_step
 
 
 def test_tokens_budget_and_depth_dial():
-    cfg, plan = scaling.resolve(
+    cfg, plan = budgets.resolve(
         run_config(dict(depth=3, aspect_ratio=32, head_dim=16, block_size=64), tokens_budget=1e6, batch_size=12), 65
     )
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (3, 6, 96)
@@ -97,13 +98,13 @@ def test_tokens_budget_and_depth_dial():
     assert cfg.train.max_iters == round(1e6 / (12 * 64)) == 1302
     assert abs(plan.tokens - 1e6) <= 12 * 64 / 2
     # No budget: max_iters as given, else the default; the schedule follows the run's length.
-    assert scaling.resolve(run_config({}, max_iters=7000), 65)[0].train.max_iters == 7000
-    assert scaling.resolve(run_config({}), 65)[0].train.max_iters == DEFAULT_MAX_ITERS
+    assert budgets.resolve(run_config({}, max_iters=7000), 65)[0].train.max_iters == 7000
+    assert budgets.resolve(run_config({}), 65)[0].train.max_iters == DEFAULT_MAX_ITERS
 
 
 def test_the_schedule_follows_a_budget_run(caplog):
     model = dict(depth=1, aspect_ratio=16, head_dim=16)
-    cfg, plan = scaling.resolve(run_config(model, tokens_budget=12 * 1024 * 50), 65)
+    cfg, plan = budgets.resolve(run_config(model, tokens_budget=12 * 1024 * 50), 65)
     assert plan.max_iters == 50
     # A warmup longer than the run is fitted to it, as for any short run; the cosine ends with the run.
     o = optim.fit_schedule(cfg.optim, cfg.train.max_iters)
@@ -113,7 +114,7 @@ def test_the_schedule_follows_a_budget_run(caplog):
     # An explicit decay length that is not the budget's is kept, with a warning.
     cfg = run_config(model, tokens_budget=12 * 1024 * 50)
     cfg.optim = dataclasses.replace(cfg.optim, warmup_iters=10, lr_decay_iters=40)
-    assert scaling.resolve(cfg, 65)[0].optim.lr_decay_iters == 40
+    assert budgets.resolve(cfg, 65)[0].optim.lr_decay_iters == 40
     assert "optim.lr_decay_iters=40 with a budget of 50 steps" in caplog.text
 
 
@@ -143,7 +144,7 @@ def test_bad_budgets_and_depths_are_refused(model, train, message):
 
 def test_budget_smaller_than_one_step_is_refused():
     with pytest.raises(UserError, match=r"train.flops_budget=1e\+06 is less than one optimizer step \("):
-        scaling.resolve(run_config({}, flops_budget=1e6), 65)
+        budgets.resolve(run_config({}, flops_budget=1e6), 65)
 
 
 # ---- the fit, on jobs drawn from a known law ----
@@ -274,7 +275,7 @@ def test_tiny_scaling_sweep_end_to_end(tmp_path, char_data):
     for f in ("report.md", "isoflop.png"):
         (sweep / f).unlink()
     out = subprocess.run(
-        [sys.executable, "-m", "nanogpt.sweep", str(sweep)],
+        [sys.executable, "-m", "nanogpt.sweeps", str(sweep)],
         cwd=REPO,
         capture_output=True,
         text=True,

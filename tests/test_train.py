@@ -171,14 +171,14 @@ def test_evaluation_stacks_batches_and_equals_one_forward_per_batch(char_data, e
     from nanogpt.device import Precision
     from nanogpt.distributed import Dist
     from nanogpt.model import GPT
-    from nanogpt.train import EVAL_TOKENS_PER_FORWARD, evaluate
+    from nanogpt.train import EVAL_TOKENS_PER_FORWARD, estimate_loss
 
     assert EVAL_TOKENS_PER_FORWARD // (12 * 64) == 5
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65))
     batches = Batches(str(char_data / "shakespeare_char"), 64, 12, 1, 1337, torch.device("cpu"))
     precision = Precision(torch.device("cpu"), torch.float32, compile=False)
-    got = evaluate(model, batches, eval_iters, precision, Dist())
+    got = estimate_loss(model, batches, eval_iters, precision, Dist())
     assert model.training  # evaluation hands the model back in training mode
     model.eval()
     with torch.no_grad():

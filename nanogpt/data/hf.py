@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
-from nanogpt.compression import bytes_per_token, compare_with_gpt2
+from nanogpt.bits_per_byte import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
 from nanogpt.data import hub
 from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype

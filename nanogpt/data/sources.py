@@ -10,8 +10,8 @@ import re
 import urllib.request
 from dataclasses import dataclass, field
 
+from nanogpt.atomic import atomic_write
 from nanogpt.errors import UserError
-from nanogpt.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanogpt import tokenizer as tok
+from nanogpt.atomic import atomic_write
 from nanogpt.config import DataConfig
 from nanogpt.data import llmc
 from nanogpt.errors import UserError
-from nanogpt.files import atomic_write
 
 log = logging.getLogger(__name__)
 

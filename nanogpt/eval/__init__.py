@@ -5,7 +5,7 @@ and `eval.py tasks=[...]` take the same names; the modules import torch only whe
 lm-evaluation-harness runs through `harness.py` instead (`eval.py harness=[...]`).
 
 A task module has two functions: `load(settings, data_dir, limit, d)` reads (or downloads) its examples once, so a
-missing file fails a run before it trains; `evaluate(scorer, examples)` scores them with a `Scorer`
+missing file fails a run before it trains; `score(scorer, examples)` scores them with a `Scorer`
 (nanogpt/eval/scoring.py) and returns a `TaskResult`. In a distributed run every process calls both: each scores
 its share and all get the reduced result.
 """
@@ -46,6 +46,6 @@ def check_task_names(names: list[str], key: str) -> None:
 
 
 def task_module(name: str) -> ModuleType:
-    """The module of one of our tasks: its `load` and `evaluate`."""
+    """The module of one of our tasks: its `load` and `score`."""
     check_task_names([name], "tasks")
     return importlib.import_module(TASKS[name])

@@ -16,26 +16,26 @@ from typing import Any
 
 from nanogpt import checkpoint, distributed, runs
 from nanogpt import device as devices
+from nanogpt.atomic import atomic_write
 from nanogpt.config import EvalConfig, SampleConfig
 from nanogpt.eval import task_module
 from nanogpt.eval.scoring import Scorer
-from nanogpt.files import atomic_write
 
 log = logging.getLogger("nanogpt")
 
 
-def evaluate(cfg: EvalConfig, overrides: list[str]) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, overrides: list[str]) -> dict[str, Any]:
     """Run the evaluation `cfg` asks for on every process; the first writes and prints. Returns the results."""
     env = distributed.launch_env()
     prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
     d = distributed.setup(prec.device_type)
     try:
-        return _evaluate(cfg, overrides, d, prec)
+        return _run_eval(cfg, overrides, d, prec)
     finally:
         distributed.teardown(d)
 
 
-def _evaluate(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: devices.Precision) -> dict[str, Any]:
+def _run_eval(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: devices.Precision) -> dict[str, Any]:
     manager = None
     if cfg.harness:
         from nanogpt.eval import harness
@@ -51,10 +51,10 @@ def _evaluate(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: 
     report["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     report["tasks"] = {}
     for name, examples in data.items():
-        r = task_module(name).evaluate(scorer, examples)
+        r = task_module(name).score(scorer, examples)
         report["tasks"][name] = {"metrics": r.metrics, "version": r.version, "examples": r.examples, **r.details}
     if manager is not None:
-        report["harness"] = harness.evaluate(scorer, cfg, manager)
+        report["harness"] = harness.score(scorer, cfg, manager)
     if d.is_main:
         print(table(report), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -90,7 +90,7 @@ def _check_room(task: str, max_gen_toks: int, block_size: int) -> int:
     return block_size - max_gen_toks
 
 
-def evaluate(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
+def score(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
     """The harness's results per task: {"metrics": {...}, "version": ..., "examples": n}; {} on other processes."""
     from lm_eval import simple_evaluate
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from nanogpt import distributed
+from nanogpt.atomic import atomic_write
 from nanogpt.config import TasksConfig
 from nanogpt.errors import UserError
 from nanogpt.eval import TaskResult
 from nanogpt.eval.scoring import Row, Scorer, batches, evaluating
-from nanogpt.files import atomic_write
 
 log = logging.getLogger("nanogpt")
 
@@ -147,7 +147,7 @@ def rows(scorer: Scorer, ex: Example) -> tuple[list[Row], bool]:
     return [r for r, _ in out], any(c for _, c in out)
 
 
-def score(scorer: Scorer, examples: list[Example], n_batches: int | None = None) -> list[Scores]:
+def score_each(scorer: Scorer, examples: list[Example], n_batches: int | None = None) -> list[Scores]:
     """Every example's scores, in order. Examples are batched longest first (less padding), with an example's
     4 endings in one forward; `n_batches` pads the run with throw-away forwards up to that many, so that every
     process of a sharded model runs the same number of them."""
@@ -169,13 +169,13 @@ def score(scorer: Scorer, examples: list[Example], n_batches: int | None = None)
     return [s for s in out if s is not None]
 
 
-def evaluate(scorer: Scorer, examples: list[Example]) -> TaskResult:
+def score(scorer: Scorer, examples: list[Example]) -> TaskResult:
     """acc and acc_norm over `examples`; each process scores every world_size-th example, then the counts are summed."""
     d = scorer.dist
     mine = examples[d.rank :: d.world_size]
     per_process = math.ceil(len(examples) / d.world_size)
     dropped_before = scorer.dropped_chars
-    scored = score(scorer, mine, n_batches=math.ceil(per_process / max(1, scorer.batch_size // 4)))
+    scored = score_each(scorer, mine, n_batches=math.ceil(per_process / max(1, scorer.batch_size // 4)))
     right = sum(s.pred == s.label for s in scored)
     right_norm = sum(s.pred_norm == s.label for s in scored)
     cropped = sum(s.cropped for s in scored)

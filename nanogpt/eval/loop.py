@@ -62,7 +62,7 @@ class TrainingTasks:
         started = time.perf_counter()
         record: dict[str, float] = {}
         for name, module in self.modules.items():
-            result = module.evaluate(self.scorer, self.data[name])
+            result = module.score(self.scorer, self.data[name])
             record.update({f"{name}_{k}": v for k, v in result.metrics.items()})
             if self.main:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

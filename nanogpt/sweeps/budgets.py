@@ -160,6 +160,6 @@ def describe(plan: Plan) -> str:
 
 
 def write_plan(run_dir: str, plan: Plan) -> None:
-    from nanogpt.files import atomic_write
+    from nanogpt.atomic import atomic_write
 
     atomic_write(os.path.join(run_dir, "plan.json"), (json.dumps(dataclasses.asdict(plan), indent=1) + "\n").encode())

@@ -1,13 +1,13 @@
 """Summarise a sweep: one row per job (its overrides, status, losses, downstream accuracy when the jobs scored
 tasks in training, speed, wall time) and its val loss curves, with the downstream metric's curves beside them.
 
-    python -m nanogpt.sweep multirun/<date>/<time>
+    python -m nanogpt.sweeps multirun/<date>/<time>
 
 writes report.md, report.csv and val_loss.png into that dir; when the jobs carry FLOPs budgets (train.flops_budget),
-report.md adds the IsoFLOP analysis (nanogpt/isoflop.py) with isoflop.png and frontier.png. Hydra's multirun
-layout is the input: each job dir holds `.hydra/overrides.yaml` and `config.yaml`, `status.json` (nanogpt/cli.py),
-`metrics.jsonl` (nanogpt/metrics.py) and `plan.json` (nanogpt/scaling.py).
-`ReportCallback`, registered under `hydra.callbacks` in conf/train.yaml, writes the report when a sweep ends.
+report.md adds the IsoFLOP analysis (nanogpt/sweeps/isoflop.py) with isoflop.png and frontier.png. Hydra's multirun
+layout is the input: each job dir holds `.hydra/overrides.yaml` and `config.yaml`, `status.json` (nanogpt/rundir.py),
+`metrics.jsonl` (nanogpt/metrics.py) and `plan.json` (nanogpt/sweeps/budgets.py).
+nanogpt/cli/sweep_callback.py, registered under `hydra.callbacks` in conf/train.yaml, writes it when a sweep ends.
 """
 
 from __future__ import annotations
@@ -22,20 +22,19 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
+from nanogpt.atomic import atomic_write_text
 from nanogpt.errors import UserError, exit_on_user_error
-from nanogpt.files import atomic_write_text
 from nanogpt.metrics import read_metrics
 
 if TYPE_CHECKING:
-    from nanogpt import isoflop
+    from nanogpt.sweeps import isoflop
 
 log = logging.getLogger("nanogpt")
 
 # best_val_bpb: the best val loss in bits per byte of text, the figure that compares runs with different tokenizers
-# (nanogpt/compression.py); empty for data sets prepared before bytes per token were recorded.
+# (nanogpt/bits_per_byte.py); empty for data sets prepared before bytes per token were recorded.
 COLUMNS = (
     "job",
     "overrides",
@@ -68,7 +67,7 @@ class Job:
     val_loss: float | None = None  # at the end of training
     flops_budget: float | None = None  # the job's train.flops_budget
     depth: int | None = None  # and its model.depth
-    plan: dict[str, Any] = field(default_factory=dict)  # plan.json (nanogpt/scaling.py): N, D, C
+    plan: dict[str, Any] = field(default_factory=dict)  # plan.json (nanogpt/sweeps/budgets.py): N, D, C
     # Downstream tasks scored during training (train.eval_tasks): metric (hellaswag_acc, ...) -> [(iter, value)].
     task_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -85,7 +84,7 @@ _EVAL_KEYS = {"iter", "train_loss", "val_loss", "train_bpb", "val_bpb", "lr", "e
 def read_job(path: str) -> Job:
     """A job dir's overrides, final status and metrics; a job that never wrote them is reported as such."""
     overrides_file = os.path.join(path, ".hydra", "overrides.yaml")
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if os.path.isfile(overrides_file) else []
+    overrides = [str(o) for o in _read_yaml(overrides_file) or []]
     status = _read_json(os.path.join(path, "status.json"))
 
     # A requeued or resumed run appends again from its checkpoint: the last record of an iter wins.
@@ -105,7 +104,7 @@ def read_job(path: str) -> Job:
             train[record["iter"]] = record
     speeds = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
     config_file = os.path.join(path, ".hydra", "config.yaml")
-    config = OmegaConf.load(config_file) if os.path.isfile(config_file) else OmegaConf.create()
+    config = _read_yaml(config_file) or {}
     last_train = train[max(train)].get("loss") if train else None
     return Job(
         num=os.path.basename(path),
@@ -122,10 +121,23 @@ def read_job(path: str) -> Job:
         val_curve=sorted(evals.items()),
         task_curves={k: sorted(v.items()) for k, v in sorted(tasks.items())},
         val_loss=status.get("val_loss", evals[max(evals)] if evals else None),
-        flops_budget=OmegaConf.select(config, "train.flops_budget"),
-        depth=OmegaConf.select(config, "model.depth"),
+        flops_budget=_number(config.get("train", {}).get("flops_budget"), float),
+        depth=_number(config.get("model", {}).get("depth"), int),
         plan=_read_json(os.path.join(path, "plan.json")),
     )
+
+
+def _read_yaml(path: str) -> Any:
+    """A job's saved Hydra file (written by OmegaConf: plain YAML), or None where the job never wrote it."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A saved number; YAML 1.1 reads an exponent without a dot (3e10) as text."""
+    return None if value is None else kind(float(value))
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -207,8 +219,8 @@ def write_report(sweep_dir: str) -> list[str]:
         lines += ["", "![val loss](val_loss.png)"]
         written.append(plot)
     if any(j.flops_budget is not None for j in jobs):
-        # Imported here: every run.py process instantiates ReportCallback, and only budgeted sweeps need numpy's fits.
-        from nanogpt import isoflop
+        # Imported here: every run.py process builds the sweep callback; only budgeted sweeps need numpy's fits.
+        from nanogpt.sweeps import isoflop
 
         scaling_lines, plots = isoflop.report([_point(j) for j in jobs if j.flops_budget is not None], sweep_dir)
         lines += scaling_lines
@@ -219,7 +231,7 @@ def write_report(sweep_dir: str) -> list[str]:
 
 def _point(j: Job) -> isoflop.Point:
     """A job as the IsoFLOP analysis sees it: its budget, N, D and C from plan.json, its final val loss."""
-    from nanogpt import isoflop
+    from nanogpt.sweeps import isoflop
 
     return isoflop.Point(
         job=j.num,
@@ -279,31 +291,12 @@ def _plotted_task_metric(jobs: list[Job]) -> str | None:
     return next((n for n in names if n.endswith("acc_norm")), names[0] if names else None)
 
 
-class ReportCallback(Callback):
-    """Hydra callback: write the sweep's report once all its jobs have returned."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = str(config.hydra.sweep.dir)
-        try:
-            paths = write_report(sweep_dir)
-        except Exception as e:  # the jobs' results are on disk whatever happens here; the report can be redone
-            log.warning(
-                "no sweep report (%s: %s); write it with python -m nanogpt.sweep %s", type(e).__name__, e, sweep_dir
-            )
-            return
-        log.info("sweep report: %s", ", ".join(paths))
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nanogpt.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nanogpt.sweeps", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a sweep's dir, multirun/<date>/<time>")
     args = parser.parse_args(argv)
     paths = write_report(args.sweep_dir)
     with open(paths[0]) as f:
         print(f.read(), end="")
     print("wrote " + ", ".join(paths))
-
-
-if __name__ == "__main__":
-    main()
