@@ -34,7 +34,7 @@ def shakespeare() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def inductor_cache(tmp_path_factory) -> Path:
-    """Compiled graphs go to a session dir, never into the user's ~/.cache (nanogpt/compiling.py's default)."""
+    """Compiled graphs go to a session dir, never into the user's ~/.cache (nanogpt/inductor.py's default)."""
     path = tmp_path_factory.mktemp("inductor")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return path

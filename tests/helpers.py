@@ -284,7 +284,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from nanogpt.cli import register_configs, to_object
+    from nanogpt.cli.compose import register_configs, to_object
     from nanogpt.config import RunConfig
 
     register_configs()
