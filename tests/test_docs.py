@@ -262,6 +262,21 @@ def test_doc_script_or_module_exists(cmd: Command):
         assert (REPO / cmd.program).is_file(), f"{cmd.where}: `{cmd.text}` runs {cmd.program}, which does not exist"
 
 
+REPO_PATH = re.compile(r"(?<![\w./~-])((?:nanogpt|benchmarks|tests|conf)/[\w/.-]*\w)")  # nanogpt/config.py, conf/data/
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(REPO)) for d in DOCS])
+def test_files_the_docs_name_exist(doc: Path):
+    """A module, script or config the docs name by its path (`nanogpt/eval/harness.py`) is still there."""
+    missing = [
+        f"{doc.relative_to(REPO)}:{n}: {m[1]}"
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
+        for m in REPO_PATH.finditer(line)
+        if not (REPO / m[1]).exists()
+    ]
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+
+
 def test_composing_in_process_is_what_the_entry_point_composes():
     from omegaconf import OmegaConf
 
