@@ -277,6 +277,17 @@ def test_files_the_docs_name_exist(doc: Path):
     assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
 
 
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(REPO)) for d in DOCS])
+def test_headings_stand_apart(doc: Path):
+    """A heading glued to the paragraph above it reads as part of that paragraph in an editor."""
+    lines, block, glued = doc.read_text(encoding="utf-8").splitlines(), False, []
+    for n, line in enumerate(lines, 1):
+        block = block != line.strip().startswith("```")
+        if not block and line.startswith("#") and n > 1 and lines[n - 2].strip():
+            glued.append(f"{doc.relative_to(REPO)}:{n}: {line}")
+    assert not glued, "headings with no blank line above them:\n" + "\n".join(glued)
+
+
 def test_composing_in_process_is_what_the_entry_point_composes():
     from omegaconf import OmegaConf
 
