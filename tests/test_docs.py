@@ -265,16 +265,37 @@ def test_doc_script_or_module_exists(cmd: Command):
 REPO_PATH = re.compile(r"(?<![\w./~-])((?:nanogpt|benchmarks|tests|conf)/[\w/.-]*\w)")  # nanogpt/config.py, conf/data/
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](docs/data.md), [text](#guides), [text](training.md#resume)
+
+
+def _anchors(doc: Path) -> set[str]:
+    """The anchors of a Markdown file's headings, as GitHub makes them."""
+    headings = re.findall(r"^#+\s+(.*)$", doc.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _broken(doc: Path, line: str) -> list[str]:
+    out = [m[1] for m in REPO_PATH.finditer(line) if not (REPO / m[1]).exists()]
+    for target in LINK.findall(line):
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path) if path else doc
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            out.append(target)
+    return out
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(REPO)) for d in DOCS])
 def test_files_the_docs_name_exist(doc: Path):
-    """A module, script or config the docs name by its path (`nanogpt/eval/harness.py`) is still there."""
+    """A module, script or config the docs name by its path (`nanogpt/eval/harness.py`), and every file and heading
+    they link to, is still there."""
     missing = [
-        f"{doc.relative_to(REPO)}:{n}: {m[1]}"
+        f"{doc.relative_to(REPO)}:{n}: {target}"
         for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
-        for m in REPO_PATH.finditer(line)
-        if not (REPO / m[1]).exists()
+        for target in _broken(doc, line)
     ]
-    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+    assert not missing, "the docs name files or headings that do not exist:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(REPO)) for d in DOCS])
