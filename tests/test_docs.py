@@ -34,7 +34,7 @@ FLAGS = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--resolve", "--inf
 class Command:
     where: str  # file:line, the test's id
     text: str  # the command as the docs show it (one segment of a && chain)
-    program: str  # an entry point (run.py), a script (benchmarks/x.py) or a module (-m nanogpt.sweep)
+    program: str  # an entry point (run.py), a script (benchmarks/x.py) or a module (-m nanogpt.sweeps)
     args: tuple[str, ...]  # what follows the program
 
 
