@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 
 from nanogpt import inductor
 from nanogpt.device import Precision
@@ -28,20 +28,20 @@ GATHERED_OPTIM_KEY = "fsdp"
 
 def setup(device_type: str) -> Dist:
     """Join the process group when launched as several processes: NCCL on GPUs, gloo on CPUs."""
-    d = launch_env()
-    if d.enabled and not dist.is_initialized():
+    dist = launch_env()
+    if dist.enabled and not torch_dist.is_initialized():
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
             addr, port = _job_master()
             os.environ.setdefault("MASTER_ADDR", addr)
             os.environ.setdefault("MASTER_PORT", port)
-        os.environ.setdefault("RANK", str(d.rank))
-        os.environ.setdefault("WORLD_SIZE", str(d.world_size))
-        os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
+        os.environ.setdefault("RANK", str(dist.rank))
+        os.environ.setdefault("WORLD_SIZE", str(dist.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
         backend = "nccl" if device_type == "cuda" else "gloo"
         # A rank that dies makes the others fail at their next collective within this time, not hang.
         timeout = datetime.timedelta(seconds=float(os.environ.get("NANOGPT_DIST_TIMEOUT", "600")))
-        dist.init_process_group(backend=backend, timeout=timeout)
-    return d
+        torch_dist.init_process_group(backend=backend, timeout=timeout)
+    return dist
 
 
 def _job_master() -> tuple[str, str]:
@@ -59,51 +59,51 @@ def _job_master() -> tuple[str, str]:
     return host, str(20000 + int(job) % 20000)
 
 
-def broadcast(obj: Any, d: Dist) -> Any:
+def broadcast(obj: Any, dist: Dist) -> Any:
     """Rank 0's value of `obj`, on every rank."""
-    if not d.enabled:
+    if not dist.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    torch_dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        dist.all_reduce(x)  # SUM: gloo has no AVG
-        x /= d.world_size
+def all_reduce_mean(x: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.enabled:
+        torch_dist.all_reduce(x)  # SUM: gloo has no AVG
+        x /= dist.world_size
     return x
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch_dist.barrier()
 
 
-def teardown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+def teardown(dist: Dist) -> None:
+    if dist.enabled and torch_dist.is_initialized():
         # gloo's worker threads destroy a finished collective's work after the caller has moved on, and that needs
         # the GIL to let go of its tensors. Whatever frees the process group last (DDP's reducer, as train()
         # returns) joins those threads while holding the GIL: a rank that gets there within a few ms of its last
         # collective hangs for good. Sleeping releases the GIL so they finish first.
         time.sleep(0.05)
-        dist.destroy_process_group()
+        torch_dist.destroy_process_group()
 
 
-def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+def any_rank(flag: bool, dist: Dist, device: torch.device) -> bool:
     """Whether `flag` is true on any process (a collective: every rank calls it)."""
-    if not d.enabled:
+    if not dist.enabled:
         return flag
     t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item())
 
 
-def wrap(model: torch.nn.Module, parallel: str, d: Dist, precision: Precision) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, parallel: str, dist: Dist, precision: Precision) -> torch.nn.Module:
     """The module a step calls: `model` itself on one process, else its DDP or FSDP wrap; compiled as asked."""
-    if d.enabled and parallel == "fsdp":
-        return _fully_shard(model, d, precision)
-    if d.enabled:
+    if dist.enabled and parallel == "fsdp":
+        return _fully_shard(model, dist, precision)
+    if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # No buffer broadcast before every forward: the model's only buffers (the rotary tables) are computed from
@@ -113,14 +113,14 @@ def wrap(model: torch.nn.Module, parallel: str, d: Dist, precision: Precision) -
     return inductor.compile_module(model, precision.device) if precision.compile else model
 
 
-def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch.nn.Module:
+def _fully_shard(model: torch.nn.Module, dist: Dist, precision: Precision) -> torch.nn.Module:
     """FSDP2, one shard group per block (only one block's full weights exist at a time), then the rest. Rank 0
     holds the whole model; the other ranks may hold it on the meta device (train._build_model): they allocate only
     their shards, which are filled from rank 0's weights, so every rank starts from the same ones."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    whole = model.state_dict() if d.is_main else {}
+    whole = model.state_dict() if dist.is_main else {}
     # Under bf16/fp16 autocast the weights are gathered in that dtype (half the traffic of fp32; autocast would cast
     # them at every op anyway) and the gradients reduced in fp32. The fp32 shards stay what the optimizer updates.
     low = precision.dtype if precision.dtype != torch.float32 else None
@@ -136,7 +136,7 @@ def _fully_shard(model: torch.nn.Module, d: Dist, precision: Precision) -> torch
         model.to_empty(device=precision.device)
     set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buffer in model.buffers():  # not persistent (rotary tables), so not in the state dict
-        dist.broadcast(buffer, src=0)
+        torch_dist.broadcast(buffer, src=0)
     return model
 
 
@@ -164,7 +164,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state(
-    model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], d: Dist
+    model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], dist: Dist
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """A sharded model's weights and optimizer state gathered whole on rank 0's CPU (a collective: every rank
     calls it), so that checkpoints hold the same files with or without FSDP. Other ranks get empty values.
@@ -174,7 +174,7 @@ def full_state(
     whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=whole)
     opt_state = get_optimizer_state_dict(model, optimizers, options=whole)
-    if not d.is_main:
+    if not dist.is_main:
         return {}, []
     last_name: dict[int, str] = {}  # safetensors' save_model keeps the last name of a tied group (lm_head)
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -199,26 +199,26 @@ def load_sharded_optimizer_state(
     set_optimizer_state_dict(model, optimizers, states[0][GATHERED_OPTIM_KEY], options=whole)
 
 
-def gather_rng_states(d: Dist, device: torch.device) -> list[dict[str, torch.Tensor]]:
+def gather_rng_states(dist: Dist, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Every rank's RNG state (dropout), so a resumed run draws the same random numbers (a collective)."""
     mine = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         mine["cuda"] = torch.cuda.get_rng_state(device)
     elif device.type == "mps":
         mine["mps"] = torch.mps.get_rng_state()
-    if not d.enabled:
+    if not dist.enabled:
         return [mine]
-    states: list[Any] = [None] * d.world_size
-    dist.all_gather_object(states, mine)
+    states: list[Any] = [None] * dist.world_size
+    torch_dist.all_gather_object(states, mine)
     return states
 
 
-def set_rng_state(states: list[dict[str, torch.Tensor]], d: Dist, device: torch.device) -> None:
+def set_rng_state(states: list[dict[str, torch.Tensor]], dist: Dist, device: torch.device) -> None:
     """Restore this rank's RNG state as `gather_rng_states` saved it."""
-    if len(states) != d.world_size:
-        log.warning("resuming on %d processes, saved with %d: dropout draws will differ", d.world_size, len(states))
+    if len(states) != dist.world_size:
+        log.warning("resuming on %d processes, saved with %d: dropout draws will differ", dist.world_size, len(states))
         return
-    mine = states[d.rank]
+    mine = states[dist.rank]
     torch.set_rng_state(mine["cpu"])
     if device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"], device)

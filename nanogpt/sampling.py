@@ -52,16 +52,16 @@ def generation_precision(cfg: DeviceConfig) -> devices.Precision:
     """The device and dtype to generate in: the training choice, except fp32 on CPUs unless bf16 is asked for.
     Decoding one token at a time does not gain from AMX as training does: bf16 weights measured 19-37% slower
     for the 4x128 and 6x384 character models and only 10% faster at GPT-2 124M (docs/BENCHMARKS.md)."""
-    prec = devices.resolve(cfg)
-    if prec.device.type == "cpu" and cfg.dtype == "auto":
-        return dataclasses.replace(prec, dtype=torch.float32)
-    return prec
+    precision = devices.resolve(cfg)
+    if precision.device.type == "cpu" and cfg.dtype == "auto":
+        return dataclasses.replace(precision, dtype=torch.float32)
+    return precision
 
 
-def generation_weights(model: GPT, prec: devices.Precision) -> Callable[[], contextlib.AbstractContextManager]:
-    """Cast `model` for generation in `prec`; returns the context to generate in (autocast, or none)."""
-    if prec.dtype != torch.bfloat16:
-        return prec.autocast
+def generation_weights(model: GPT, precision: devices.Precision) -> Callable[[], contextlib.AbstractContextManager]:
+    """Cast `model` for generation in `precision`; returns the context to generate in (autocast, or none)."""
+    if precision.dtype != torch.bfloat16:
+        return precision.autocast
     # Generation reads every weight once per token: weights stored in bf16 halve that traffic, where autocast
     # would read the fp32 weights and write bf16 copies at every step. bf16 has fp32's range: no overflow.
     # The parameters only: the buffers (the rotary cos/sin tables) stay fp32, which apply_rotary computes in; in
@@ -74,19 +74,19 @@ def generation_weights(model: GPT, prec: devices.Precision) -> Callable[[], cont
 
 def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
     """Print `num_samples` continuations of the prompt, token by token; returns them."""
-    prec = generation_precision(cfg.device)
+    precision = generation_precision(cfg.device)
     model, tokenizer, vocab = load_for_sampling(cfg)
     if cfg.top_k is not None and cfg.top_k > vocab:
         raise UserError(f"top_k={cfg.top_k} is larger than the vocabulary ({vocab}): use top_k<={vocab}")
-    model.eval().to(prec.device)
-    autocast = generation_weights(model, prec)
+    model.eval().to(precision.device)
+    autocast = generation_weights(model, precision)
     ids = tokenizer.encode(read_prompt(cfg.start))
     if not ids:
         if tokenizer.eot_token is None:
             raise UserError("start is empty: give a prompt, e.g. start='ROMEO:'")
         ids = [tokenizer.eot_token]  # GPT-2 starts a fresh document after end-of-text
-    x = torch.tensor([ids], dtype=torch.long, device=prec.device)
-    generator = torch.Generator(device=prec.device).manual_seed(cfg.seed)
+    x = torch.tensor([ids], dtype=torch.long, device=precision.device)
+    generator = torch.Generator(device=precision.device).manual_seed(cfg.seed)
     samples = []
     for _ in range(cfg.num_samples):
         out.write(tokenizer.decode(ids))

@@ -70,9 +70,9 @@ class StopSignals:
         if asked >= self._asked:
             self._asked, self.signum = asked, signum
 
-    def requested(self, d: distributed.Dist, device: torch.device, at_log_step: bool) -> str | None:
+    def requested(self, dist: distributed.Dist, device: torch.device, at_log_step: bool) -> str | None:
         """What to do after this step: None (train on), "save" (a checkpoint, then train on) or "stop"."""
-        if d.enabled:
+        if dist.enabled:
             if not at_log_step:
                 return None
             # Every rank must act at the same step, on the most urgent request any rank got.

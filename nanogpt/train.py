@@ -417,7 +417,7 @@ EVAL_TOKENS_PER_FORWARD = 4096
 
 @torch.no_grad()
 def estimate_loss(
-    model: torch.nn.Module, batches: Batches, eval_iters: int, precision: devices.Precision, d: distributed.Dist
+    model: torch.nn.Module, batches: Batches, eval_iters: int, precision: devices.Precision, dist: distributed.Dist
 ) -> dict[str, float]:
     """Mean loss over the same `eval_iters` batches of each split, shared out across processes. Every process runs
     the same number of forwards (FSDP's forward is a collective): where `eval_iters` does not divide by the number
@@ -427,7 +427,7 @@ def estimate_loss(
     per_forward = max(1, EVAL_TOKENS_PER_FORWARD // (batches.batch_size * batches.block_size))
     for split in SPLITS:
         total = torch.zeros((), device=precision.device)
-        mine = list(range(d.rank, math.ceil(eval_iters / d.world_size) * d.world_size, d.world_size))
+        mine = list(range(dist.rank, math.ceil(eval_iters / dist.world_size) * dist.world_size, dist.world_size))
         for group in (mine[i : i + per_forward] for i in range(0, len(mine), per_forward)):
             pairs = [batches.eval(split, min(k, eval_iters - 1)) for k in group]
             counted = [k < eval_iters for k in group]
@@ -437,6 +437,6 @@ def estimate_loss(
                 _, loss = model(x, y)
             if any(counted):  # batches of equal size: the mean over their tokens is the mean of their means
                 total += loss.float() * sum(counted)
-        out[split] = (distributed.all_reduce_mean(total, d) * d.world_size / eval_iters).item()
+        out[split] = (distributed.all_reduce_mean(total, dist) * dist.world_size / eval_iters).item()
     model.train()
     return out

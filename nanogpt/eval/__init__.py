@@ -4,7 +4,7 @@ Our own tasks live in this registry, name -> "module:function", so that `train.e
 and `eval.py tasks=[...]` take the same names; the modules import torch only when a task runs. Any task of
 lm-evaluation-harness runs through `harness.py` instead (`eval.py harness=[...]`).
 
-A task module has two functions: `load(settings, data_dir, limit, d)` reads (or downloads) its examples once, so a
+A task module has two functions: `load(settings, data_dir, limit, dist)` reads (or downloads) its examples once, so a
 missing file fails a run before it trains; `score(scorer, examples)` scores them with a `Scorer`
 (nanogpt/eval/scoring.py) and returns a `TaskResult`. In a distributed run every process calls both: each scores
 its share and all get the reduced result.

@@ -27,23 +27,25 @@ log = logging.getLogger("nanogpt")
 def run_eval(cfg: EvalConfig, overrides: list[str]) -> dict[str, Any]:
     """Run the evaluation `cfg` asks for on every process; the first writes and prints. Returns the results."""
     env = distributed.launch_env()
-    prec = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
-    d = distributed.setup(prec.device_type)
+    precision = devices.resolve(cfg.device, env.local_rank if env.enabled else None)
+    dist = distributed.setup(precision.device_type)
     try:
-        return _run_eval(cfg, overrides, d, prec)
+        return _run_eval(cfg, overrides, dist, precision)
     finally:
-        distributed.teardown(d)
+        distributed.teardown(dist)
 
 
-def _run_eval(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: devices.Precision) -> dict[str, Any]:
+def _run_eval(
+    cfg: EvalConfig, overrides: list[str], dist: distributed.Dist, precision: devices.Precision
+) -> dict[str, Any]:
     manager = None
     if cfg.harness:
         from nanogpt.eval import harness
 
         manager = harness.check_tasks(cfg.harness)  # before anything is loaded: lm-eval installed, names known
     source = find_model(cfg)
-    data = {name: task_module(name).load(cfg.eval, cfg.paths.data_dir, cfg.limit, d) for name in cfg.tasks}
-    scorer = load_scorer(cfg, source, prec, d)
+    data = {name: task_module(name).load(cfg.eval, cfg.paths.data_dir, cfg.limit, dist) for name in cfg.tasks}
+    scorer = load_scorer(cfg, source, precision, dist)
     if manager is not None:
         harness.check_generation(manager, cfg.harness, scorer.block_size, cfg.eval.max_gen_tokens)
     out = cfg.out or _default_out(cfg, source)
@@ -55,7 +57,7 @@ def _run_eval(cfg: EvalConfig, overrides: list[str], d: distributed.Dist, prec: 
         report["tasks"][name] = {"metrics": r.metrics, "version": r.version, "examples": r.examples, **r.details}
     if manager is not None:
         report["harness"] = harness.score(scorer, cfg, manager)
-    if d.is_main:
+    if dist.is_main:
         print(table(report), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_write(out, (json.dumps(report, indent=1) + "\n").encode())
@@ -73,22 +75,24 @@ def find_model(cfg: EvalConfig) -> dict[str, Any]:
     return {"run": os.path.abspath(cfg.run), "checkpoint": which, "path": ckpt, "iter": info.get("iter")}
 
 
-def load_scorer(cfg: EvalConfig, source: dict[str, Any], prec: devices.Precision, d: distributed.Dist) -> Scorer:
+def load_scorer(
+    cfg: EvalConfig, source: dict[str, Any], precision: devices.Precision, dist: distributed.Dist
+) -> Scorer:
     """The model to evaluate on its device, with its tokenizer, in eval mode."""
     from nanogpt.sampling import load_for_sampling
 
     which = source.get("checkpoint", cfg.checkpoint)
     model, tokenizer, vocab = load_for_sampling(SampleConfig(run=cfg.run, init_from=cfg.init_from, checkpoint=which))
-    model.eval().to(prec.device)
+    model.eval().to(precision.device)
     return Scorer(
         model,
         tokenizer,
         block_size=model.config.block_size,
         vocab_size=vocab,
-        device=prec.device,
-        autocast=prec.autocast,
+        device=precision.device,
+        autocast=precision.autocast,
         batch_size=cfg.eval.batch_size,
-        dist=d,
+        dist=dist,
     )
 
 

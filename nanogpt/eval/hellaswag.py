@@ -65,19 +65,19 @@ def default_file(data_dir: str) -> str:
     return os.path.join(data_dir, "hellaswag", "hellaswag_val.jsonl")
 
 
-def load(settings: TasksConfig, data_dir: str, limit: int | None, d: distributed.Dist) -> list[Example]:
+def load(settings: TasksConfig, data_dir: str, limit: int | None, dist: distributed.Dist) -> list[Example]:
     """The first `limit` (else all) validation examples, from `eval.hellaswag_file` or the cached download (made
     by the first process if missing; the others wait for it)."""
     path = settings.hellaswag_file
     if path is None:
         path = default_file(data_dir)
         failure = None
-        if d.is_main and not os.path.isfile(path):
+        if dist.is_main and not os.path.isfile(path):
             try:
                 download(URL, path, expected=N_VAL)
             except UserError as e:
                 failure = str(e)
-        failure = distributed.broadcast(failure, d)  # every process stops, not only the one that downloaded
+        failure = distributed.broadcast(failure, dist)  # every process stops, not only the one that downloaded
         if failure is not None:
             raise UserError(failure)
     elif not os.path.isfile(path):
@@ -171,9 +171,9 @@ def score_each(scorer: Scorer, examples: list[Example], n_batches: int | None = 
 
 def score(scorer: Scorer, examples: list[Example]) -> TaskResult:
     """acc and acc_norm over `examples`; each process scores every world_size-th example, then the counts are summed."""
-    d = scorer.dist
-    mine = examples[d.rank :: d.world_size]
-    per_process = math.ceil(len(examples) / d.world_size)
+    dist = scorer.dist
+    mine = examples[dist.rank :: dist.world_size]
+    per_process = math.ceil(len(examples) / dist.world_size)
     dropped_before = scorer.dropped_chars
     scored = score_each(scorer, mine, n_batches=math.ceil(per_process / max(1, scorer.batch_size // 4)))
     right = sum(s.pred == s.label for s in scored)
@@ -181,7 +181,7 @@ def score(scorer: Scorer, examples: list[Example]) -> TaskResult:
     cropped = sum(s.cropped for s in scored)
     mine_counts = [right, right_norm, len(scored), cropped, scorer.dropped_chars - dropped_before]
     counts = torch.tensor(mine_counts, dtype=torch.long, device=scorer.device)
-    if d.enabled:
+    if dist.enabled:
         torch.distributed.all_reduce(counts)
     right, right_norm, n, cropped, dropped = (int(c) for c in counts.tolist())
     details = {"cropped": cropped, "dropped_chars": dropped}

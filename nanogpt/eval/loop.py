@@ -26,7 +26,7 @@ log = logging.getLogger("nanogpt")
 
 
 class TrainingTasks:
-    def __init__(self, cfg: RunConfig, info: dict[str, Any], model: torch.nn.Module, prec: Precision, d: Dist):
+    def __init__(self, cfg: RunConfig, info: dict[str, Any], model: torch.nn.Module, precision: Precision, dist: Dist):
         t = cfg.train
         self.interval = t.eval_tasks_interval or t.eval_interval
         if self.interval % t.eval_interval:
@@ -40,19 +40,19 @@ class TrainingTasks:
             )
         self.modules = {name: task_module(name) for name in t.eval_tasks}
         self.data = {
-            name: m.load(cfg.eval, cfg.paths.data_dir, t.eval_tasks_limit, d) for name, m in self.modules.items()
+            name: m.load(cfg.eval, cfg.paths.data_dir, t.eval_tasks_limit, dist) for name, m in self.modules.items()
         }
         self.scorer = Scorer(
             model,
             tok.from_meta({"tokenizer": info["tokenizer"]}),
             block_size=model.config.block_size,
             vocab_size=info["data_vocab_size"],
-            device=prec.device,
-            autocast=prec.autocast,
+            device=precision.device,
+            autocast=precision.autocast,
             batch_size=cfg.eval.batch_size,
-            dist=d,
+            dist=dist,
         )
-        self.main = d.is_main
+        self.main = dist.is_main
 
     def due(self, it: int, last: bool) -> bool:
         return it % self.interval == 0 or last
