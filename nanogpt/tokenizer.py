@@ -2,7 +2,9 @@
 
 Every tokenizer has `vocab_size`, `eot_token` (None for characters), `encode` (the special `<|endoftext|>` text is
 the end-of-text token, as in a prompt), `encode_ordinary` (it is plain text, as in a document), `decode`,
-`token_bytes` (the UTF-8 bytes of tokens, for decoding a stream without splitting a character) and `to_meta`.
+`token_bytes` (the UTF-8 bytes of tokens, for decoding a stream without splitting a character), `special_tokens`
+(text -> id of the tokens that stand for no text: end-of-text and, in a chat vocabulary, the turns' markers) and
+`to_meta`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from nanogpt.errors import UserError
 log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
+# The chat template's turn markers (nanogpt/chat/template.py), special tokens of a chat vocabulary: GPT-2's in the
+# padded ids after 50256 (a model trained from scratch pads its vocabulary to 50304 anyway), a trained BPE's
+# reserved when it is trained. A character vocabulary has none.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+GPT2_VOCAB = 50257  # OpenAI's GPT-2 BPE: 50256 merges and bytes, then <|endoftext|>
 # sha256 of OpenAI's published GPT-2 BPE files, to make sure the offline copies are the real ones.
 _GPT2_FILES = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -31,6 +38,7 @@ _GPT2_FILES = {
 class Tokenizer(Protocol):
     vocab_size: int
     eot_token: int | None  # end-of-text id, where the vocabulary has one
+    special_tokens: dict[str, int]  # text -> id of the tokens that stand for no text (EOT, the chat markers)
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -47,6 +55,7 @@ class CharTokenizer:
     """One id per distinct character, in sorted order (nanoGPT's shakespeare_char vocabulary)."""
 
     eot_token = None
+    special_tokens: dict[str, int] = {}
 
     def __init__(self, chars: list[str]):
         self.chars = chars
@@ -98,18 +107,24 @@ class _Tiktoken:
     def token_bytes(self, ids: list[int]) -> bytes:
         return self.enc.decode_bytes([i for i in ids if 0 <= i < self.vocab_size])
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self.enc._special_tokens)
+
 
 class GPT2Tokenizer(_Tiktoken):
-    """OpenAI's GPT-2 byte-level BPE (50257 tokens, end-of-text 50256) through tiktoken."""
+    """OpenAI's GPT-2 byte-level BPE (50257 tokens, end-of-text 50256) through tiktoken; with `chat`, the chat
+    template's four markers follow as ids 50257-50260 (a vocabulary of 50261)."""
 
-    vocab_size = 50257
-    eot_token = 50256
+    eot_token = GPT2_VOCAB - 1
 
-    def __init__(self):
-        self.enc = gpt2_encoding()
+    def __init__(self, chat: bool = False):
+        self.chat = chat
+        self.enc = gpt2_chat_encoding() if chat else gpt2_encoding()
+        self.vocab_size = self.enc.n_vocab
 
     def to_meta(self) -> dict:
-        return {"kind": "gpt2"}
+        return {"kind": "gpt2", "chat": True} if self.chat else {"kind": "gpt2"}
 
 
 class BPETokenizer(_Tiktoken):
@@ -170,6 +185,21 @@ def gpt2_encoding():
         except Exception as e:  # network errors come in many types
             log.info("tiktoken could not fetch gpt2 (%s); using the packaged BPE files", type(e).__name__)
     return _offline_gpt2_encoding()
+
+
+@functools.cache
+def gpt2_chat_encoding():
+    """GPT-2's encoding with the chat markers as special tokens after <|endoftext|>: the same ids for all text."""
+    import tiktoken
+
+    base = gpt2_encoding()
+    chat = {t: GPT2_VOCAB + i for i, t in enumerate(CHAT_TOKENS)}
+    return tiktoken.Encoding(
+        name="gpt2_chat",
+        pat_str=base._pat_str,
+        mergeable_ranks=base._mergeable_ranks,
+        special_tokens={**base._special_tokens, **chat},
+    )
 
 
 def _tiktoken_can_load() -> bool:
@@ -283,7 +313,7 @@ def from_meta(meta: dict, folder: str | None = None) -> Tokenizer:
     if spec.get("kind") == "char":
         return CharTokenizer(spec["chars"])
     if spec.get("kind") == "gpt2":
-        return GPT2Tokenizer()
+        return GPT2Tokenizer(chat=bool(spec.get("chat")))
     if spec.get("kind") == "bpe" and folder is not None:
         return BPETokenizer.load(folder, spec)
     raise UserError(f"meta.json names an unknown tokenizer {spec!r}: prepare the data set again")
