@@ -32,7 +32,7 @@ def load_for_sampling(cfg: SampleConfig) -> tuple[GPT, tok.Tokenizer, int]:
     if model.config.vocab_size != 50257 and os.path.isfile(own):  # a model export.py wrote with its trained BPE
         with open(own, encoding="utf-8") as f:
             return model, tok.BPETokenizer(f.read()), model.config.vocab_size
-    return model, tok.GPT2Tokenizer(), 50257
+    return model, tok.GPT2Tokenizer(), tok.GPT2_VOCAB
 
 
 def read_prompt(start: str) -> str:

@@ -61,7 +61,7 @@ def prepare_pretokenized(data: DataConfig, out: str) -> str:
     }
     meta = {
         "tokenizer": tok.GPT2Tokenizer().to_meta(),
-        "vocab_size": tok.GPT2Tokenizer.vocab_size,
+        "vocab_size": tok.GPT2_VOCAB,
         "dtype": "uint16",
         **{f"{s}_tokens": sum(x["tokens"] for x in shards[s]) for s in ("train", "val")},
         "shards": {"format": "llm.c", "dir": None if folder == os.path.abspath(out) else folder, **shards},
@@ -117,9 +117,9 @@ def _checked(path: str) -> dict:
         raise UserError(f"{path} holds no tokens: remove it from the folder")
     tokens = llmc.read_tokens(path)
     top = max(int(tokens[i : i + 2**24].max()) for i in range(0, len(tokens), 2**24))
-    if top >= tok.GPT2Tokenizer.vocab_size:
+    if top >= tok.GPT2_VOCAB:
         raise UserError(
-            f"{path} holds token id {top}, beyond GPT-2's {tok.GPT2Tokenizer.vocab_size}: the shards were made "
+            f"{path} holds token id {top}, beyond GPT-2's {tok.GPT2_VOCAB}: the shards were made "
             "with another tokenizer; use shards of GPT-2 tokens"
         )
     return {"file": os.path.basename(path), "tokens": shard.tokens}
