@@ -11,8 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
+from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig
 from nanogpt.errors import UserError
+from nanogpt.validation import validate
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
 GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
