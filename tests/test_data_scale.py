@@ -431,7 +431,7 @@ def test_hub_sets_with_no_network_and_no_local_copy_are_one_line(tmp_path):
 
 def test_bad_streaming_input_is_one_line_and_leaves_nothing_trusted(tmp_path, hub, monkeypatch):
     from nanogpt.config import DataConfig
-    from nanogpt.data.stream import prepare_stream
+    from nanogpt.data.prepare import prepare
     from nanogpt.errors import UserError
 
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf-cache")
@@ -445,7 +445,7 @@ def test_bad_streaming_input_is_one_line_and_leaves_nothing_trusted(tmp_path, hu
     ]
     for override, needle in cases:
         with pytest.raises(UserError, match=needle) as e:
-            prepare_stream(DataConfig(**{**base, **override}), str(tmp_path / "x"))
+            prepare(DataConfig(**{**base, **override}), str(tmp_path))
         assert "\n" not in str(e.value)
         assert not (tmp_path / "x" / "meta.json").exists()
         assert not list((tmp_path / "x").glob("*.bin")) if (tmp_path / "x").exists() else True

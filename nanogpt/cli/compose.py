@@ -112,6 +112,12 @@ def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
     return out
 
 
+def given_keys(overrides: list[str]) -> set[str]:
+    """The keys a command line's `key=value` overrides set (`+key`, `++key` and `~key` as `key`): what the user
+    gave explicitly, as opposed to what a preset or a default says."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:
     """The config a run was started with (its `.hydra/config.yaml`), with `key=value` overrides applied."""
     from nanogpt.rundir import check_run_dir

@@ -43,6 +43,14 @@ def prepare(data: DataConfig, data_dir: str, force: bool = False, source_given: 
     return getattr(importlib.import_module(module), function)(data, out)
 
 
+def check_given_source(data: DataConfig, data_dir: str) -> None:
+    """Before training: a data set already prepared from another source than the data.source the user gave is
+    refused (one never prepared is prepared from it by the run)."""
+    out = dataset_dir(data, data_dir)
+    if is_prepared(out):
+        check_prepared_as_asked(data, read_meta(out), out, source_given=True)
+
+
 def check_prepared_as_asked(data: DataConfig, meta: dict, path: str, source_given: bool = False) -> None:
     """A prepared data set is only used under the tokenizer settings it was made with: a second vocabulary under
     the same data.name would otherwise train on the first one. Another text source is refused when the user gave
