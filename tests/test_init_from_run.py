@@ -7,8 +7,8 @@ import hashlib
 import json
 
 import pytest
-
 from helpers import one_line_error, run_entry, train, weights
+
 from nanogpt.errors import UserError
 
 MODERN = ["model.rotary=true", "model.qk_norm=true", "model.activation=relu2", "model.tie_embeddings=false"]
@@ -24,8 +24,8 @@ def source(tmp_path_factory, char_data):
 def test_finetune_starts_from_the_runs_best_weights_and_records_them(tmp_path, char_data, source):
     # lr 0: the finetune's weights stay the source's, so any mapping or shape mistake shows as a difference.
     tuned = train(
-        tmp_path, char_data, f"init_from={source}", "optim.lr=0", "optim.min_lr=0", "optim.muon_lr=0", "train.max_iters=2",
-        "train.eval_interval=2", "name=ft", name="ft",
+        tmp_path, char_data, f"init_from={source}", "optim.lr=0", "optim.min_lr=0", "optim.muon_lr=0",
+        "train.max_iters=2", "train.eval_interval=2", "name=ft", name="ft",
     )  # fmt: skip
     best = (source / "checkpoints" / "best").resolve()
     info = json.loads((tuned / "checkpoints" / "latest" / "info.json").read_text())
@@ -74,6 +74,7 @@ def test_the_data_must_speak_the_runs_tokenizer_or_its_chat_extension():
     _check_tokenizer_extends(gpt2, {"tokenizer": gpt2, "vocab_size": 50257}, 50304, "run", "owt")
     _check_tokenizer_extends(gpt2, {"tokenizer": chat, "vocab_size": 50261}, 50304, "run", "chat")
     with pytest.raises(UserError, match="tokenized as .* but init_from=run was trained on"):
-        _check_tokenizer_extends({"kind": "char", "chars": "ab"}, {"tokenizer": gpt2, "vocab_size": 50257}, 65, "run", "x")
+        char = {"kind": "char", "chars": "ab"}
+        _check_tokenizer_extends(char, {"tokenizer": gpt2, "vocab_size": 50257}, 65, "run", "x")
     with pytest.raises(UserError, match="50261 token ids but init_from=run has only 50257 embeddings"):
         _check_tokenizer_extends(gpt2, {"tokenizer": chat, "vocab_size": 50261}, 50257, "run", "chat")
