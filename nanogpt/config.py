@@ -193,7 +193,10 @@ class RunConfig:
     eval: TasksConfig = field(default_factory=TasksConfig)
     name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
     seed: int = 1337
-    init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir>
+    # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
+    # brings its shape and tokenizer (rotary, QK-norm, ReLU² runs too); its weights come from init_from_checkpoint
+    init_from: str = "scratch"
+    init_from_checkpoint: str = "best"  # best | latest: which checkpoint of an init_from=<run dir> to start from
     resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
 
 

@@ -22,6 +22,7 @@ from nanogpt.config import (
     TrainConfig,
 )
 from nanogpt.errors import UserError
+from nanogpt.rundir import is_run_dir
 
 
 def _check(ok: bool, message: str) -> None:
@@ -41,6 +42,10 @@ def validate(cfg: Any) -> None:
         _check_device(cfg.device)
         _check_data(cfg.data)
         _check_tasks(cfg)
+        _check(
+            cfg.init_from_checkpoint in ("best", "latest"),
+            f"init_from_checkpoint={cfg.init_from_checkpoint!r}: use best or latest",
+        )
     elif isinstance(cfg, PrepareConfig):
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
@@ -162,7 +167,7 @@ def _check_modern(cfg: RunConfig) -> None:
     )
     modern = m.non_gpt2_options() + ["tie_embeddings=false"] * (not m.tie_embeddings)
     modern += [f"{k}=true" for k in ("zero_init_proj", "zero_init_head") if getattr(m, k)]
-    if modern and cfg.init_from != "scratch":
+    if modern and cfg.init_from != "scratch" and not is_run_dir(cfg.init_from):
         raise UserError(
             f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "
             "drop the model option or train from scratch"
