@@ -1,10 +1,11 @@
 """Bootstrap intervals for every number the scaling report fits: each budget's N_opt and D_opt, the exponents
 a and b (approach 2, nanogpt/sweeps/isoflop.py) and the law's E, A, B, α, β (approach 3, approach3.py).
 
-A resample is a sweep drawn from the sweep: within each budget, its (budget, size) cells drawn with replacement
-as many times as it has cells, and within each drawn cell its seeds drawn with replacement; then every fit is
-redone on it, exactly as on the sweep. The seeds' spread thus enters the intervals through the cells' averages,
-and a sweep with fewer jobs or seeds gets wider ones. The intervals are the 5th and 95th percentiles over the
+A resample is a sweep drawn from the sweep, on which every fit is redone exactly as on the sweep. Where each
+size of a budget ran with several seeds, the seeds measure the noise: each size keeps its place and its seeds
+are drawn with replacement, so the intervals narrow as seeds are added. Where some size ran with one seed, the
+budget's sizes themselves are drawn with replacement (then the seeds within each), the noise read from the
+scatter about the parabola; a missing seed thus widens that budget's intervals. The intervals are the 5th and 95th percentiles over the
 resamples that gave a value (a resample can lack a minimum, or a positive exponent), and say how many did.
 
 A budget with three sizes and one seed each cannot vary: every resample that keeps three sizes draws the same
@@ -72,13 +73,15 @@ def _by_budget(cells: Sequence[isoflop.Cell]) -> dict[float, list[isoflop.Cell]]
 
 
 def resample(grouped: dict[float, list[isoflop.Cell]], fixed: set[float], rng: np.random.Generator) -> list:
-    """One resampled sweep: cells within each budget, then seeds within each cell, drawn with replacement."""
+    """One resampled sweep: in a budget whose every size has repeated seeds, the seeds within each size; in
+    another, its sizes, then the seeds within each drawn size; all drawn with replacement."""
     out = []
     for budget, group in grouped.items():
         if budget in fixed:
             out += group
             continue
-        for i in rng.integers(0, len(group), len(group)):
+        seeded = min(len(c.losses) for c in group) > 1
+        for i in range(len(group)) if seeded else rng.integers(0, len(group), len(group)):
             cell = group[i]
             seeds = rng.integers(0, len(cell.losses), len(cell.losses))
             out.append(dataclasses.replace(cell, losses=[cell.losses[s] for s in seeds]))

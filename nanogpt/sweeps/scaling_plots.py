@@ -87,8 +87,8 @@ def _plot_isoflop(plt, a: isoflop.Analysis, iv: bootstrap.Intervals, law, path: 
         if f.n_opt is not None and f.in_grid:
             band = iv.n_opt.get(f.budget)
             xerr = None if band is None else [[f.n_opt - band.low], [band.high - f.n_opt]]
-            ax.errorbar([f.n_opt], [f.loss_opt], xerr=xerr, fmt="*", color=color, markersize=14, capsize=4)
-            ax.lines[-1].set_markeredgecolor("black")
+            star = ax.errorbar([f.n_opt], [f.loss_opt], xerr=xerr, fmt="*", color=color, markersize=14, capsize=4)
+            star[0].set_markeredgecolor("black")
     ax.set_xscale("log")
     _readable_log_axis(ax, "x", si)
     ax.set_xlabel("parameters N")

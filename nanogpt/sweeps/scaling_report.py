@@ -25,12 +25,20 @@ ANCHORS = {
 }
 
 
-def section(points: Sequence[isoflop.Point], sweep_dir: str) -> tuple[list[str], list[str]]:
-    """The report.md section and the plots it shows: (markdown lines, paths of the PNGs written)."""
+def fit(
+    points: Sequence[isoflop.Point], resamples: int = bootstrap.RESAMPLES
+) -> tuple[list[isoflop.Cell], isoflop.Analysis, approach3.LawFit | None, bootstrap.Intervals]:
+    """Both approaches' fits of the sweep's finished jobs and their bootstrap intervals."""
     cells = isoflop.cells(points)
     analysis = isoflop.analyse(cells, budgets=[p.budget for p in points])
-    law = approach3.fit(*(np.array([getattr(c, k) for c in cells], dtype=float) for k in ("params", "tokens", "loss")))
-    intervals = bootstrap.bootstrap(cells, law)
+    columns = (np.array([getattr(c, k) for c in cells], dtype=float) for k in ("params", "tokens", "loss"))
+    law = approach3.fit(*columns)
+    return cells, analysis, law, bootstrap.bootstrap(cells, law, resamples)
+
+
+def section(points: Sequence[isoflop.Point], sweep_dir: str) -> tuple[list[str], list[str]]:
+    """The report.md section and the plots it shows: (markdown lines, paths of the PNGs written)."""
+    cells, analysis, law, intervals = fit(points)
     warnings = _grid_warnings(points) + analysis.warnings + _interval_warnings(analysis, intervals, law)
     for w in warnings:
         log.warning("%s", w)
@@ -180,12 +188,12 @@ def _interval_warnings(analysis: isoflop.Analysis, iv: bootstrap.Intervals, law)
 
 def _grid_warnings(points: Sequence[isoflop.Point]) -> list[str]:
     """The jobs left out (failed, unfinished) and those missing from the sweep's grid of budgets x depths x seeds."""
-    seeds = {p.seed for p in points}
+    seeds = {p.seed for p in points if p.seed is not None}
     warnings = [f"job {p.job} ({_where(p, seeds)}) {p.status}: left out of the fits" for p in points if not p.usable]
     if any(p.depth is None for p in points):
         return warnings  # shapes given explicitly: no grid to complete
     present = {(p.budget, p.depth, p.seed) for p in points}
-    axes = (sorted({p.budget for p in points}), sorted({p.depth for p in points}), sorted(seeds, key=str))
+    axes = (sorted({p.budget for p in points}), sorted({p.depth for p in points}), sorted(seeds) or [None])
     missing = [isoflop.Point("", b, "missing", depth=d, seed=s) for b, d, s in itertools.product(*axes)]
     missing = [p for p in missing if (p.budget, p.depth, p.seed) not in present]
     warnings += [
