@@ -5,8 +5,9 @@ A resample is a sweep drawn from the sweep, on which every fit is redone exactly
 size of a budget ran with several seeds, the seeds measure the noise: each size keeps its place and its seeds
 are drawn with replacement, so the intervals narrow as seeds are added. Where some size ran with one seed, the
 budget's sizes themselves are drawn with replacement (then the seeds within each), the noise read from the
-scatter about the parabola; a missing seed thus widens that budget's intervals. The intervals are the 5th and 95th percentiles over the
-resamples that gave a value (a resample can lack a minimum, or a positive exponent), and say how many did.
+scatter about the parabola; a missing seed thus widens that budget's intervals. The intervals are the 5th and
+95th percentiles over the resamples that gave a value (a resample can lack a minimum, or a positive exponent),
+and say how many did.
 
 A budget with three sizes and one seed each cannot vary: every resample that keeps three sizes draws the same
 three points, through which the parabola passes exactly. Such a budget gets no interval rather than a false
