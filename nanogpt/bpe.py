@@ -4,7 +4,8 @@ The tokenizer is GPT-2's kind: text is cut into pieces by a regex (GPT-2's by de
 leading space, numbers, punctuation runs, whitespace runs), each piece is read as UTF-8 bytes written with
 GPT-2's byte-to-character alphabet (256 symbols, so any text has tokens and nothing is ever unknown), and BPE
 merges the most frequent adjacent pair again and again within pieces until the vocabulary is full.
-`<|endoftext|>` is the one special token (id 0); it separates documents in the token files.
+`<|endoftext|>` is the first special token (id 0); it separates documents in the token files. A vocabulary for
+conversations reserves the chat template's markers next (ids 1-4).
 
 `tokenizer.json` (tokenizers' own format) is the definition: it is what `prepare.py` saves beside the token
 files, what a run dir carries and what `export.py` hands to transformers. Encoding runs on tiktoken, built from
@@ -23,7 +24,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from nanogpt.errors import UserError
@@ -48,9 +49,12 @@ def token_to_bytes(token: str) -> bytes:
     return bytes(decode[c] for c in token)
 
 
-def train(texts: Iterable[str], vocab_size: int, pattern: str, length: int | None = None) -> str:
+def train(
+    texts: Iterable[str], vocab_size: int, pattern: str, length: int | None = None, reserved: Sequence[str] = ()
+) -> str:
     """A byte-level BPE of `vocab_size` tokens trained on `texts`, as tokenizer.json text. `length` (the
-    number of texts, when known) only feeds the progress bar."""
+    number of texts, when known) only feeds the progress bar. `reserved`: special tokens after `<|endoftext|>`
+    (ids 1, 2, ...), such as the chat template's markers."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     check_pattern(pattern)
@@ -64,7 +68,7 @@ def train(texts: Iterable[str], vocab_size: int, pattern: str, length: int | Non
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOT],
+        special_tokens=[EOT, *reserved],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=length is not None and length > 1000,
     )

@@ -83,6 +83,13 @@ class DataConfig:
     # Pre-tokenized llm.c-format shards (nanogpt/data/pretokenized.py), trained on with no tokenization:
     shards: int | None = None  # download this many training shards of the hub repo data.dataset (and its val)
     shards_dir: str | None = None  # or a local folder of llm.c .bin shards (*train*, *val* in the names)
+    # Conversations (nanogpt/data/chat.py): data.source (.jsonl/.json/.parquet files or a folder of them, or
+    # synthetic:reverse, generated here) or data.dataset (a hub set such as HuggingFaceTB/smol-smoltalk, or a local
+    # folder read by `datasets`), rendered by the chat template with a loss mask on the answers, packed into rows.
+    format: str = "text"  # text (documents) | messages (a list of {role, content}) | alpaca (instruction/input/output)
+    messages_column: str = "messages"  # format=messages: the column (JSON key) holding each conversation
+    pack_block_size: int = 1024  # conversations: the packed rows' length in tokens (+1 for the last target)
+    synthetic_examples: int = 4000  # data.source=synthetic:<task>: conversations generated (train and val)
 
 
 @dataclass

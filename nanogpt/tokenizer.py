@@ -285,16 +285,18 @@ def _sha256(path: str) -> str:
 
 
 def train_bpe_for_dataset(
-    data: DataConfig, texts: Iterable[str], length: int | None, trained_on: str
+    data: DataConfig, texts: Iterable[str], length: int | None, trained_on: str, chat: bool = False
 ) -> tuple[BPETokenizer, dict]:
-    """The data set's tokenizer, trained on its train split (`texts`), and the settings meta.json records."""
+    """The data set's tokenizer, trained on its train split (`texts`), and the settings meta.json records; `chat`:
+    with the chat template's markers reserved as special tokens."""
     import tokenizers
 
     from nanogpt import bpe
 
     assert data.vocab_size is not None
     log.info("training a byte-level BPE of %d tokens on %s", data.vocab_size, trained_on)
-    tokenizer = BPETokenizer(bpe.train(texts, data.vocab_size, data.bpe_pattern, length))
+    reserved = CHAT_TOKENS if chat else ()
+    tokenizer = BPETokenizer(bpe.train(texts, data.vocab_size, data.bpe_pattern, length, reserved))
     if tokenizer.vocab_size < data.vocab_size:
         log.warning(
             "the training text has only enough distinct pairs for %d tokens, not data.vocab_size=%d (more text, or "
@@ -302,7 +304,7 @@ def train_bpe_for_dataset(
             tokenizer.vocab_size,
             data.vocab_size,
         )
-    settings = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern, "special_tokens": [bpe.EOT]}
+    settings = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern, "special_tokens": [bpe.EOT, *reserved]}
     return tokenizer, {**settings, "trained_on": trained_on, "tokenizers": tokenizers.__version__}
 
 

@@ -247,14 +247,16 @@ def _check_data(d: DataConfig) -> None:
     data_kind(d)
 
 
-DATA_KINDS = ("text", "hf", "stream", "shards")  # nanogpt/data/prepare.py prepares each with its own module
+DATA_KINDS = ("text", "hf", "stream", "shards", "chat")  # nanogpt/data/prepare.py prepares each with its own module
 
 
 def data_kind(d: DataConfig) -> str:
     """The one kind of source `d` describes, its fields checked against it: pre-tokenized `shards` (data.shards_dir,
     or data.shards to download from data.dataset), a `stream` of data.dataset tokenized as it arrives
     (data.streaming=true), an `hf` data set read whole through `datasets` (data.dataset), else `text`
-    (data.source)."""
+    (data.source); `chat` for conversations (data.format=messages|alpaca, from data.source or data.dataset)."""
+    if d.format != "text":
+        return _chat_kind(d)
     if d.shards_dir is not None or d.shards is not None:
         given = f"data.shards_dir={d.shards_dir!r}" if d.shards_dir is not None else f"data.shards={d.shards}"
         _check(
@@ -301,3 +303,24 @@ def data_kind(d: DataConfig) -> str:
         )
         return "hf"
     return "text"
+
+
+def _chat_kind(d: DataConfig) -> str:
+    """Conversations: a format we read, one source, a vocabulary with chat tokens, rows that hold a turn."""
+    _check(d.format in ("messages", "alpaca"), f"data.format={d.format!r}: use text, messages or alpaca")
+    _check(
+        d.tokenizer != "char",
+        "data.tokenizer=char has no chat tokens: conversations need a BPE vocabulary (data.tokenizer=gpt2 or bpe)",
+    )
+    _check(
+        (d.source is None) != (d.dataset is None),
+        "conversations come from one place: give data.source=<files, folder or synthetic:reverse> or "
+        "data.dataset=<hub name or folder>, not both or neither",
+    )
+    _check(
+        not (d.streaming or d.shards is not None or d.shards_dir is not None),
+        f"data.format={d.format} is prepared in memory: leave data.streaming, data.shards and data.shards_dir unset",
+    )
+    _check(d.pack_block_size >= 8, f"data.pack_block_size={d.pack_block_size} must be >= 8 tokens")
+    _check(d.synthetic_examples >= 10, f"data.synthetic_examples={d.synthetic_examples} must be >= 10")
+    return "chat"

@@ -23,6 +23,7 @@ PREPARERS = {
     "hf": ("nanogpt.data.documents", "prepare_hf_dataset"),
     "stream": ("nanogpt.data.stream", "prepare_stream"),
     "shards": ("nanogpt.data.pretokenized", "prepare_pretokenized"),
+    "chat": ("nanogpt.data.chat", "prepare_chat"),
 }
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +58,16 @@ def prepare_text(data: DataConfig, out: str) -> str:
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         **extra,
     )
-    _write(out, tokenizer, ids, meta)
+    write_in_memory(out, tokenizer, ids, meta)
     return out
 
 
-def _write(out: str, tokenizer: tok.Tokenizer, ids: dict[str, list[int]], meta: dict) -> None:
-    """The new files written and fsynced under a work folder, then renamed into `out`, meta.json last."""
+def write_in_memory(
+    out: str, tokenizer: tok.Tokenizer, ids: dict[str, Any], meta: dict, extra: dict[str, bytes] | None = None
+) -> None:
+    """The new files written and fsynced under a work folder, then renamed into `out`, meta.json last; `extra`:
+    more files (name -> content) that belong to the set, such as chat data's loss masks. `ids`: each split's
+    token ids, a list or an array."""
     os.makedirs(out, exist_ok=True)
     remove_work_folders(out)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as work:
@@ -73,6 +78,9 @@ def _write(out: str, tokenizer: tok.Tokenizer, ids: dict[str, list[int]], meta: 
         if isinstance(tokenizer, tok.BPETokenizer):
             tokenizer.save(work)
             names.append(tokenizer.FILE)
+        for name, content in (extra or {}).items():
+            atomic_write(os.path.join(work, name), content)
+            names.append(name)
         forget_meta(out)
         for name in names:  # the same file system: renames, not copies
             os.replace(os.path.join(work, name), os.path.join(out, name))
