@@ -279,13 +279,16 @@ def _train_loop(tr: Trainer) -> Result:
             # ---- one optimizer step: accumulate gradients over micro-batches ----
             step_loss = torch.zeros((), device=precision.device)
             for micro in range(accum):
-                x, y = batches.train(state.iter, dist.rank * accum + micro)
+                index = dist.rank * accum + micro
+                x, y = batches.train(state.iter, index)
                 # Gradients are synchronised across processes on the last micro-batch only (FSDP decides during
                 # the backward, so it is inside).
                 with distributed.gradient_sync(model, micro == accum - 1):
                     with precision.autocast():
                         _, loss = model(x, y)
-                        loss = loss / accum  # the step's gradient is the mean over its micro-batches
+                        # The step's gradient is the mean over its micro-batches; over conversations' answers, each
+                        # micro-batch weighted by its share of the step's answer tokens (Batches.weight).
+                        loss = loss * batches.weight(state.iter, index) / accum
                     scaler.scale(loss).backward()
                 step_loss += loss.detach()
             if train_cfg.skip_nonfinite and not math.isfinite(
@@ -427,6 +430,7 @@ def estimate_loss(
     per_forward = max(1, EVAL_TOKENS_PER_FORWARD // (batches.batch_size * batches.block_size))
     for split in SPLITS:
         total = torch.zeros((), device=precision.device)
+        targets = torch.zeros((), device=precision.device)  # conversations: answer tokens counted
         mine = list(range(dist.rank, math.ceil(eval_iters / dist.world_size) * dist.world_size, dist.world_size))
         for group in (mine[i : i + per_forward] for i in range(0, len(mine), per_forward)):
             pairs = [batches.eval(split, min(k, eval_iters - 1)) for k in group]
@@ -435,8 +439,16 @@ def estimate_loss(
             y = torch.cat([y if keep else torch.full_like(y, -1) for (_, y), keep in zip(pairs, counted, strict=True)])
             with precision.autocast():
                 _, loss = model(x, y)
-            if any(counted):  # batches of equal size: the mean over their tokens is the mean of their means
+            if batches.masked:  # answers of varying length: the mean over all their tokens
+                n = (y >= 0).sum()
+                total += torch.where(n > 0, loss.float(), 0.0) * n
+                targets += n
+            elif any(counted):  # batches of equal size: the mean over their tokens is the mean of their means
                 total += loss.float() * sum(counted)
-        out[split] = (distributed.all_reduce_mean(total, dist) * dist.world_size / eval_iters).item()
+        if batches.masked:
+            both = distributed.all_reduce_mean(torch.stack([total, targets]), dist)
+            out[split] = (both[0] / both[1]).item()
+        else:
+            out[split] = (distributed.all_reduce_mean(total, dist) * dist.world_size / eval_iters).item()
     model.train()
     return out

@@ -6,6 +6,9 @@ and the same global batch whatever the number of processes or the split into acc
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -47,6 +50,12 @@ class Batches:
         self.seed, self.device = seed, device
         self._step: int | None = None
         self._starts = np.empty(0, dtype=np.int64)
+        # Conversations (nanogpt/data/chat.py): whole packed rows, targets outside the answers masked (-1).
+        self.rows = RowLayout.of(path, self.meta, block_size) if "chat" in self.meta else None
+        self.masked = self.rows is not None
+        if self.rows is not None:
+            self.block_size = self.rows.length - 1
+        self._weights = np.ones(batch_size * grad_accum)
 
     def train(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Micro-batch `micro` (0 .. grad_accum-1, counted over all processes) of optimizer step `step`."""
@@ -54,25 +63,81 @@ class Batches:
             # The whole global batch of the step is drawn at once, then sliced: how it is split across
             # processes and accumulation steps does not change which sequences it holds.
             rng = np.random.default_rng([self.seed, _TRAIN, step])
-            high = len(self.data["train"]) - self.block_size
-            self._starts = rng.integers(0, high, size=self.batch_size * self.grad_accum)
+            n = self.batch_size * self.grad_accum
+            self._starts = self._draw(rng, "train", n)
             self._step = step
+            if self.rows is not None:
+                self._weights = self.rows.weights(self._starts, self.grad_accum)
         rows = self._starts[micro * self.batch_size : (micro + 1) * self.batch_size]
         return self._gather("train", rows)
+
+    def weight(self, step: int, micro: int) -> float:
+        """What micro-batch `micro`'s mean loss is multiplied by, beside 1/accumulation steps, so that the step's
+        loss is the mean over all its counted targets (every micro-batch and process), not a mean of means: its
+        share of the step's answer tokens times the number of micro-batches. 1 for plain text."""
+        if self.rows is None:
+            return 1.0
+        if step != self._step:
+            self.train(step, micro)
+        return float(self._weights[micro])
+
+    def _draw(self, rng: np.random.Generator, split: str, n: int) -> np.ndarray:
+        """`n` window starts: anywhere in plain text, at row starts in packed conversations."""
+        if self.rows is None:
+            return rng.integers(0, len(self.data[split]) - self.block_size, size=n)
+        return rng.integers(0, len(self.data[split]) // self.rows.length, size=n) * self.rows.length
 
     def eval(self, split: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k-th evaluation batch of a split: the same at every evaluation, so losses compare."""
         rng = np.random.default_rng([self.seed, _EVAL, SPLITS.index(split), k])
-        rows = rng.integers(0, len(self.data[split]) - self.block_size, size=self.batch_size)
-        return self._gather(split, rows)
+        return self._gather(split, self._draw(rng, split, self.batch_size))
 
     def _gather(self, split: str, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         buf = torch.from_numpy(self.data[split].windows(starts, self.block_size + 1))
         x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+        if self.rows is not None:
+            y[~self.rows.target_mask(split, starts)] = -1  # the model's loss ignores -1
         if self.device.type == "cuda":
             # Pinned memory lets the copy run asynchronously with the GPU's work.
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Packed conversations: rows of `length` tokens and, beside each split, its loss mask (uint8 per token)."""
+
+    length: int
+    masks: dict[str, Tokens]
+
+    @classmethod
+    def of(cls, path: str, meta: dict, block_size: int) -> RowLayout:
+        length = meta["chat"]["row_tokens"]
+        if length - 1 > block_size:
+            raise UserError(
+                f"{path} packs conversations into rows of {length - 1} tokens (+1), longer than the model's "
+                f"block ({block_size}): prepare it with data.pack_block_size={block_size}, or give a longer block"
+            )
+        masks = {}
+        for split in SPLITS:
+            file = TokenFile(os.path.join(path, f"{split}_mask.bin"), meta[f"{split}_tokens"], 0)
+            if not os.path.exists(file.path) or os.path.getsize(file.path) != file.tokens:
+                raise UserError(
+                    f"{file.path} is missing or not one byte per token of {split}.bin: the loss mask does not match "
+                    "the tokens; prepare the data set again with force=true"
+                )
+            masks[split] = Tokens([file], np.uint8)
+        return cls(length, masks)
+
+    def target_mask(self, split: str, starts: np.ndarray) -> torch.Tensor:
+        """True where a row's target (its tokens after the first) is one to learn."""
+        return torch.from_numpy(self.masks[split].windows(starts, self.length, np.bool_)[:, 1:])
+
+    def weights(self, starts: np.ndarray, micro_batches: int) -> np.ndarray:
+        """Each micro-batch's share of the step's counted targets, times the number of micro-batches."""
+        counts = self.masks["train"].windows(starts, self.length, np.int64)[:, 1:].sum(axis=1)
+        per_micro = counts.reshape(micro_batches, -1).sum(axis=1)
+        return per_micro * micro_batches / max(int(per_micro.sum()), 1)
 
 
 class Tokens:

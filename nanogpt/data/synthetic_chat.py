@@ -1,8 +1,9 @@
 """Synthetic conversations with exact answers, generated offline (`data.source=synthetic:<task>`): the data of the
 CPU demonstration that supervised finetuning teaches a model to answer (docs/chat.md).
 
-`reverse`: the user gives 3 to 6 lowercase letters separated by spaces, the assistant writes them in reverse
-order. Every question is distinct, so the held-out questions (the val split, also written as heldout.jsonl for the
+`reverse`: the user gives 3 lowercase letters separated by spaces, the assistant writes them in reverse
+order (`reversed: ...`: the same word before the letters on both sides, so each letter is the same token in the
+question and the answer). Every question is distinct, so the held-out questions (the val split, also written as heldout.jsonl for the
 `chat_exact` evaluation task) are never seen in training. Deterministic: the same conversations on every machine.
 """
 
@@ -16,6 +17,7 @@ from nanogpt.errors import UserError
 
 SEED = 7  # the generator's seed: a data set is a pure function of its settings
 TASKS = ("reverse",)
+LENGTHS = (3, 3)  # letters per question: short enough for a tiny model to learn on a CPU in seconds
 
 
 def conversations(source: str, n: int) -> list[list[dict]]:
@@ -28,7 +30,7 @@ def conversations(source: str, n: int) -> list[list[dict]]:
     seen: set[str] = set()
     out = []
     while len(out) < n:
-        word = letters[rng.integers(0, 26, size=int(rng.integers(3, 7)))]
+        word = letters[rng.integers(0, 26, size=int(rng.integers(LENGTHS[0], LENGTHS[1] + 1)))]
         question = " ".join(word)
         if question in seen:
             continue
@@ -36,7 +38,7 @@ def conversations(source: str, n: int) -> list[list[dict]]:
         out.append(
             [
                 {"role": "user", "content": f"reverse: {question}"},
-                {"role": "assistant", "content": " ".join(word[::-1])},
+                {"role": "assistant", "content": "reversed: " + " ".join(word[::-1])},
             ]
         )
     return out

@@ -22,6 +22,7 @@ from nanogpt.errors import UserError
 
 TASKS: dict[str, str] = {
     "hellaswag": "nanogpt.eval.hellaswag",
+    "chat_exact": "nanogpt.eval.chat_exact",
 }
 
 
