@@ -82,6 +82,8 @@ def config_error_line(e: BaseException) -> str:
         return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
     if isinstance(cause, ValidationError) and key:
         return f"{key}: {first_line(cause)}; give a value of the right type"
+    if first_line(e).startswith("Ambiguous value for argument"):  # a comma list in a single run: say the choices
+        return f"{first_line(e)}: add -m to sweep over its values, or write a list as key=[a,b]"
     return first_line(e) + (f" ({first_line(cause)})" if cause is not e else "")
 
 
