@@ -28,7 +28,7 @@ SCHEMAS = {
 
 
 def register_configs(*schemas: str) -> None:
-    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs a few ms
+    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs time
     at every start) in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
     from hydra.core.config_store import ConfigStore
 
@@ -94,7 +94,7 @@ def to_object(cfg: DictConfig | Any, schema: type) -> Any:
     if extra:
         raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
     # Hydra composes an entry point's config on top of its schema (the first entry of its defaults list): it comes
-    # typed and checked, and merging it into the schema again would cost ~10 ms at every start.
+    # typed and checked, and merging it into the schema again would cost time at every start (docs/BENCHMARKS.md).
     if OmegaConf.get_type(cfg) is not schema:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(cfg)
