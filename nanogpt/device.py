@@ -58,9 +58,9 @@ class Precision:
             return contextlib.nullcontext()
         if self.device.type == "cpu":
             # The CPU's fused (flash) attention kernel is slow in bf16, its backward far slower than in fp32 on
-            # short blocks (docs/BENCHMARKS.md, Training step). Training's causal attention is written out (model.causal_attention_matmuls), and
-            # evaluation's asks for the fused kernel's forward itself; what else goes through
-            # scaled_dot_product_attention (a KV cache's masked attention) takes its plain path.
+            # short blocks (docs/BENCHMARKS.md, Training step). Training's causal attention is written out
+            # (model.causal_attention_matmuls), and evaluation's asks for the fused kernel's forward itself; what
+            # else goes through scaled_dot_product_attention (a KV cache's masked attention) takes its plain path.
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             stack = contextlib.ExitStack()

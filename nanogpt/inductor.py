@@ -44,9 +44,9 @@ def probe_cpu_isa_in_background() -> threading.Thread:
     """Start Inductor's probe of the CPU's vector instructions on a thread, where it overlaps Dynamo's tracing.
 
     Before it loads or builds its first CPU kernel, Inductor compiles and loads a test library for every vector ISA
-    the CPU reports, each load in a child Python (docs/BENCHMARKS.md, Compile on a CPU: its share of a warm start), paid by
-    every process, as the answer is cached in memory only. The thread waits on those children without the GIL; if
-    the main thread needs the answer first it runs the probe itself, as it would have anyway."""
+    the CPU reports, each load in a child Python (docs/BENCHMARKS.md, Compile on a CPU: its share of a warm
+    start), paid by every process, as the answer is cached in memory only. The thread waits on those children
+    without the GIL; if the main thread needs the answer first it runs the probe itself, as it would have anyway."""
     # Imported here, not on the thread: concurrent first imports of Inductor's modules could deadlock.
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 
