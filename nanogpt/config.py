@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanogpt.errors import UserError
+from nanogpt.rundir import is_run_dir
 
 MISSING = "???"  # OmegaConf's marker for a value that must be given
 
@@ -197,7 +198,10 @@ class RunConfig:
     eval: TasksConfig = field(default_factory=TasksConfig)
     name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
     seed: int = 1337
-    init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir>
+    # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
+    # brings its shape and tokenizer (rotary, QK-norm, ReLU² runs too); its weights come from init_from_checkpoint
+    init_from: str = "scratch"
+    init_from_checkpoint: str = "best"  # best | latest: which checkpoint of an init_from=<run dir> to start from
     resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
 
 
@@ -273,6 +277,10 @@ def validate(cfg: Any) -> None:
         _check_device(cfg.device)
         _check_data(cfg.data)
         _check_tasks(cfg)
+        _check(
+            cfg.init_from_checkpoint in ("best", "latest"),
+            f"init_from_checkpoint={cfg.init_from_checkpoint!r}: use best or latest",
+        )
     elif isinstance(cfg, PrepareConfig):
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
@@ -394,7 +402,7 @@ def _check_modern(cfg: RunConfig) -> None:
     )
     modern = m.non_gpt2_options() + ["tie_embeddings=false"] * (not m.tie_embeddings)
     modern += [f"{k}=true" for k in ("zero_init_proj", "zero_init_head") if getattr(m, k)]
-    if modern and cfg.init_from != "scratch":
+    if modern and cfg.init_from != "scratch" and not is_run_dir(cfg.init_from):
         raise UserError(
             f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "
             "drop the model option or train from scratch"

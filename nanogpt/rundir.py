@@ -57,6 +57,11 @@ def link_latest(run_dir: str) -> None:
     atomic_symlink(name, os.path.join(parent, "latest"))
 
 
+def is_run_dir(path: str) -> bool:
+    """Whether `path` is a dir run.py wrote (what `init_from=<run dir>` finetunes from)."""
+    return os.path.isfile(os.path.join(path, ".hydra", "config.yaml"))
+
+
 def check_run_dir(run_dir: str) -> str:
     """The saved config of the run dir `run_dir` (its `.hydra/config.yaml`); one line if it is not a run dir."""
     if not os.path.isdir(run_dir):

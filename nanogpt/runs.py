@@ -1,10 +1,11 @@
-"""A run's model: built for training (from scratch, from OpenAI's GPT-2, or from the run's checkpoint), and loaded
-back from a finished run for sampling and evaluation, or exported as a Hugging Face GPT-2."""
+"""A run's model: built for training (from scratch, from OpenAI's GPT-2, from another run, or from the run's own
+checkpoint), and loaded back from a finished run for sampling and evaluation, or exported as a Hugging Face GPT-2."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from nanogpt import tokenizer as tok
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.rundir import is_run_dir
 
 log = logging.getLogger("nanogpt")
 
@@ -99,22 +101,10 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     if cfg.init_from == "scratch":
         vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
         model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
+    elif is_run_dir(cfg.init_from):
+        return _from_run(cfg, meta)
     else:
-        from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
-
-        if meta["tokenizer"].get("kind") != "gpt2":
-            raise UserError(
-                f"init_from={cfg.init_from} needs data in GPT-2's BPE, but {cfg.data.name!r} is tokenized with "
-                f"{meta['tokenizer'].get('kind')!r}: use data=shakespeare, or data.tokenizer=gpt2 for your text"
-            )
-        log.info(
-            "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
-            "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)",
-            cfg.init_from,
-            cfg.model.block_size,
-            cfg.model.dropout,
-        )
-        model = from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+        model = _from_pretrained(cfg, meta)
     info = {
         "model": dataclasses.asdict(model.config),
         "tokenizer": meta["tokenizer"],
@@ -122,6 +112,95 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
         "init_from": cfg.init_from,
     }
     return model, info
+
+
+def _from_pretrained(cfg: RunConfig, meta: dict) -> GPT:
+    """OpenAI's GPT-2 (or a Hugging Face GPT-2 folder), to finetune on data in GPT-2's BPE."""
+    from nanogpt.pretrained import from_huggingface  # transformers costs seconds to import
+
+    if meta["tokenizer"].get("kind") != "gpt2":
+        raise UserError(
+            f"init_from={cfg.init_from} needs data in GPT-2's BPE, but {cfg.data.name!r} is tokenized with "
+            f"{meta['tokenizer'].get('kind')!r}: use data=shakespeare, or data.tokenizer=gpt2 for your text"
+        )
+    log.info(
+        "init_from=%s: the shape comes from the checkpoint; model.block_size=%d and model.dropout=%s still "
+        "apply (model=gpt2 keeps GPT-2's 1024 and 0.0)",
+        cfg.init_from,
+        cfg.model.block_size,
+        cfg.model.dropout,
+    )
+    return from_huggingface(cfg.init_from, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+
+
+def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
+    """A run of ours to finetune: its shape, tokenizer and weights, and where they came from."""
+    run_dir = cfg.init_from
+    ckpt = find_checkpoint(run_dir, cfg.init_from_checkpoint)
+    info = checkpoint.load_info(ckpt)
+    saved = ModelConfig(**info["model"])
+    _check_tokenizer_extends(info["tokenizer"], meta, saved.vocab_size, run_dir, cfg.data.name)
+    _warn_unused_shape(cfg.model, saved, run_dir)
+    model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
+    checkpoint.load_weights(model, ckpt)
+    if cfg.model.block_size < saved.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    weights = os.path.join(ckpt, checkpoint.WEIGHTS)
+    origin = {"run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(ckpt), "iter": info.get("iter")}
+    origin["sha256"] = _sha256(weights)
+    log.info(
+        "init_from=%s: %s (iter %s, sha256 %s...), shape and tokenizer from that run",
+        run_dir, ckpt, origin["iter"], origin["sha256"][:12],
+    )  # fmt: skip
+    new_info = {
+        "model": dataclasses.asdict(model.config),
+        "tokenizer": meta["tokenizer"],
+        "data_vocab_size": meta["vocab_size"],
+        "init_from": origin,
+    }
+    return model, new_info
+
+
+def _check_tokenizer_extends(run_tok: dict, meta: dict, model_vocab: int, run_dir: str, data_name: str) -> None:
+    """The data must speak the run's tokenizer, or that tokenizer with the chat markers added above it."""
+    data_tok = meta["tokenizer"]
+    chat_extension = run_tok == {"kind": "gpt2"} and data_tok == {"kind": "gpt2", "chat": True}
+    if data_tok != run_tok and not chat_extension:
+        raise UserError(
+            f"data {data_name!r} is tokenized as {data_tok}, but init_from={run_dir} was trained on {run_tok}: "
+            "prepare the data with the run's tokenizer (data.tokenizer=...), or finetune another run"
+        )
+    if meta["vocab_size"] > model_vocab:
+        raise UserError(
+            f"data {data_name!r} has {meta['vocab_size']} token ids but init_from={run_dir} has only {model_vocab} "
+            "embeddings: prepare it without the added tokens, or train a run with a larger model.vocab_size"
+        )
+
+
+def _warn_unused_shape(asked: ModelConfig, saved: ModelConfig, run_dir: str) -> None:
+    """Model fields set away from their defaults that the run's own shape overrides: said, never silently dropped."""
+    default = dataclasses.asdict(ModelConfig())
+    for key, value in dataclasses.asdict(asked).items():
+        if key in ("dropout", "block_size", "pad_vocab_multiple") or value == default[key]:
+            continue
+        if value != getattr(saved, key):
+            log.warning(
+                "model.%s=%s is not used: init_from=%s brings its own shape (model.%s=%s)",
+                key, value, run_dir, key, getattr(saved, key),
+            )  # fmt: skip
+    if asked.block_size > saved.block_size and asked.block_size != default["block_size"]:
+        log.warning(
+            "model.block_size=%d is longer than init_from=%s was trained for: it keeps its %d",
+            asked.block_size, run_dir, saved.block_size,
+        )  # fmt: skip
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_same_model(cfg: RunConfig, saved: ModelConfig, info: dict, meta: dict, ckpt: str) -> None:
