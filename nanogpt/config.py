@@ -153,7 +153,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
     eval_iters: int = 200  # batches per split in each evaluation, the same batches every time
-    log_interval: int = 10  # log loss, lr and speed every this many steps
+    log_interval: int = 10  # a log line (loss, lr, speed) every this many steps; metrics.jsonl gets every step
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
     keep_last: int = 1  # checkpoints kept besides `best`

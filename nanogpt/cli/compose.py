@@ -29,7 +29,7 @@ SCHEMAS = {
 
 
 def register_configs(*schemas: str) -> None:
-    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs a few ms
+    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs time
     at every start) in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
     from hydra.core.config_store import ConfigStore
 
@@ -83,6 +83,8 @@ def config_error_line(e: BaseException) -> str:
         return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
     if isinstance(cause, ValidationError) and key:
         return f"{key}: {first_line(cause)}; give a value of the right type"
+    if first_line(e).startswith("Ambiguous value for argument"):  # a comma list in a single run: say the choices
+        return f"{first_line(e)}: add -m to sweep over its values, or write a list as key=[a,b]"
     return first_line(e) + (f" ({first_line(cause)})" if cause is not e else "")
 
 
@@ -93,7 +95,7 @@ def to_object(cfg: DictConfig | Any, schema: type) -> Any:
     if extra:
         raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
     # Hydra composes an entry point's config on top of its schema (the first entry of its defaults list): it comes
-    # typed and checked, and merging it into the schema again would cost ~10 ms at every start.
+    # typed and checked, and merging it into the schema again would cost time at every start (docs/BENCHMARKS.md).
     if OmegaConf.get_type(cfg) is not schema:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(cfg)
