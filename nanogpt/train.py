@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, distributed, optim, runs
+from nanogpt import checkpoint, distributed, optim, runs, trial
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.bits_per_byte import bits_per_byte
@@ -271,6 +271,7 @@ def _train_loop(tr: Trainer) -> Result:
                 _read_losses(pending, dist)  # never checkpoint weights a NaN touched
                 pending = []
                 val_loss = _evaluate_and_save(tr, speed, lr=optim_cfg.lr * lr_factor)
+                trial.report(tr.run_dir, state.iter, val_loss, dist)  # an Optuna trial's pruner may stop it here
                 if train_cfg.eval_only:
                     break
             if state.iter >= train_cfg.max_iters:
