@@ -7,7 +7,7 @@ optuna<3. Its override syntax (`tag(log, interval(1e-4, 1e-2))`, `choice(...)`, 
 # No `from __future__ import annotations`: Hydra runs this module without putting it in sys.modules, and the
 # dataclasses below (OmegaConf's schema) need their annotations as real types.
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional  # noqa: UP035  OmegaConf reads typing's forms
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -31,11 +31,11 @@ class OptunaSweeperConf:
     # a job's figure to optimise: best_val_loss, any metric of metrics.jsonl (its last value; best_<metric> for its
     # best), or a list of them for a multi-objective study
     objective: Any = "best_val_loss"
-    study_name: Optional[str] = None  # default: the runs' `name`
-    storage: Optional[str] = None  # default: <sweep dir>/study.journal; a journal file path or an Optuna storage URL
+    study_name: str | None = None  # default: the runs' `name`
+    storage: str | None = None  # default: <sweep dir>/study.journal; a journal file path or an Optuna storage URL
     n_trials: int = 20  # trials in the study, counting those a resumed sweep already ran
     n_jobs: int = 1  # trials launched at once (hydra/launcher=local or slurm runs them in parallel)
-    params: Optional[Dict[str, str]] = None  # key -> sweep, as on the command line: optim.lr: tag(log, interval(1e-4, 1e-2))
+    params: dict[str, str] | None = None  # key -> its sweep, as typed on the command line: interval(1e-4, 1e-2)
     pruner: str = "none"  # median | successive_halving | hyperband | none: stop runs early from their val loss
     pruner_startup_trials: int = 5  # median: trials that finish before it prunes any
 

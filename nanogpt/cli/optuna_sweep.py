@@ -88,7 +88,7 @@ class OptunaSearch:
                 raise UserError("hydra.sweeper.sampler.name=cmaes needs the cmaes package: pip install cmaes") from None
         subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
         if subdir != "${hydra.job.num}":
-            raise UserError(f"hydra.sweep.subdir={subdir}: the Optuna sweeper needs ${{hydra.job.num}} (trial n: job n)")
+            raise UserError(f"hydra.sweep.subdir={subdir}: give ${{hydra.job.num}} (trial n is job n)")
         # Compose one trial's config: an unknown key or a value of the wrong type fails here, not in every job.
         first = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.distributions.items()}
         self.hydra_context.config_loader.load_sweep_config(self.config, space.overrides(first))
@@ -122,7 +122,8 @@ class OptunaSearch:
         if name == "random":
             return samplers.RandomSampler(seed=seed)
         if name == "grid":
-            return samplers.GridSampler(space.grid(), seed=seed)
+            # The seed shuffles the grid, and a grid id means a point of that shuffle: one seed for every trial.
+            return samplers.GridSampler(space.grid(), seed=self.sampler["seed"])
         return samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
 
     def _continue_in_flight(self, study: Any, space: search_space.SearchSpace) -> list[Any]:
@@ -158,10 +159,14 @@ class OptunaSearch:
         return results
 
     def _tell(self, study: Any, number: int) -> None:
+        import optuna.samplers as samplers
         from optuna.trial import TrialState
 
         job = self._job_dir(number)
         status = _read_status(job).get("status")
+        # Telling is bookkeeping: samplers draw at ask time, and the grid sampler's after_trial would call
+        # study.stop() once the grid is done, which only study.optimize allows.
+        study.sampler = samplers.RandomSampler()
         if status == "completed":
             values = [objectives.value(job, n, d) for n, d in zip(self.objectives, self.directions, strict=True)]
             if None in values:
@@ -188,7 +193,8 @@ class OptunaSearch:
         """trial.json in the job's dir: how its run finds the study to report its evaluations to."""
         s = self.s
         trial = {"storage": os.path.abspath(self.storage) if "://" not in self.storage else self.storage}
-        trial.update(study=self.name, trial=number, pruner=s["pruner"], pruner_startup_trials=s["pruner_startup_trials"])
+        trial.update(study=self.name, trial=number, pruner=s["pruner"])
+        trial["pruner_startup_trials"] = s["pruner_startup_trials"]
         os.makedirs(self._job_dir(number), exist_ok=True)
         atomic_write_text(os.path.join(self._job_dir(number), TRIAL), json.dumps(trial, indent=1) + "\n")
 

@@ -59,8 +59,10 @@ def parse(overrides: list[str]) -> SearchSpace:
     space = SearchSpace(fixed=[])
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
-        if key in space.distributions:
-            raise UserError(f"{key} is swept twice (hydra.sweeper.params and the command line?): give it once")
+        # The last word on a key wins, as in Hydra: the command line's over hydra.sweeper.params.
+        space.distributions.pop(key, None)
+        space.choice_text.pop(key, None)
+        space.fixed = [f for f in space.fixed if f.split("=", 1)[0] != key]
         if not o.is_sweep_override():
             space.fixed.append(f"{key}={o.get_value_element_as_str()}")
             continue
