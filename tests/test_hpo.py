@@ -126,9 +126,11 @@ def test_a_sweep_killed_mid_trial_ends_as_an_unbroken_one(study_sweep, tmp_path,
 
     def trial_1_checkpointed() -> bool:  # past its first checkpoint (iter 40), not finished
         job = sweep / "1"
-        return (job / "checkpoints").is_dir() and any(r["iter"] > 50 for r in metrics(job)) and not (
-            job / "status.json"
-        ).exists()
+        return (
+            (job / "checkpoints").is_dir()
+            and any(r["iter"] > 50 for r in metrics(job))
+            and not (job / "status.json").exists()
+        )
 
     wait_for("trial 1 to train past its first checkpoint", trial_1_checkpointed, proc=proc, poll=0.02)
     os.kill(proc.pid, signal.SIGKILL)
