@@ -15,7 +15,7 @@ import yaml
 
 from nanogpt.cli.search_space import parse
 from nanogpt.errors import UserError
-from tests.helpers import TINY, metrics, one_line_error, popen_entry, run_entry, status, wait_for
+from tests.helpers import TINY, metrics, one_line_error, popen_entry, read_csv, run_entry, status, wait_for
 
 # Three trials of 120 steps (a second or two each), two of them random, the third TPE's, over three parameters.
 SEARCH = [
@@ -98,6 +98,20 @@ def test_a_tiny_study_end_to_end(study_sweep):
         assert config["optim"]["lr"] == t.params["optim.lr"] and config["model"]["n_layer"] == t.params["model.n_layer"]
     assert len({t.params["optim.lr"] for t in study.trials}) == 3
 
+    # The sweep report's study section: the trials, the best one's command, its history and importances.
+    report = (study_sweep / "report.md").read_text()
+    best = study.best_trial
+    assert (
+        "## Optuna study `default`" in report
+        and f"Best: trial {best.number} (best_val_loss {best.value:.4f})" in report
+    )
+    assert f"optim.lr={best.params['optim.lr']!r}" in report.split("rerun it with")[1].splitlines()[2]
+    assert "Parameter importances for best_val_loss" in report and (study_sweep / "study_history.png").is_file()
+    rows = read_csv(study_sweep / "trials.csv")
+    assert [(int(r["trial"]), r["state"], float(r["best_val_loss"])) for r in rows] == [
+        (t.number, "complete", t.value) for t in study.trials
+    ]
+
 
 @pytest.mark.parametrize(
     "override, message",
@@ -169,3 +183,4 @@ def test_the_median_pruner_stops_trials_from_their_evaluations(tmp_path, char_da
             assert job["iter"] < 60 and sorted(t.intermediate_values)[-1] == job["iter"]
             assert t.intermediate_values[job["iter"]] == job["val_loss"]
     assert json.loads((sweep / "0" / "trial.json").read_text())["pruner"] == "median"
+    assert "3 trials (2 complete, 1 pruned)" in (sweep / "report.md").read_text()
