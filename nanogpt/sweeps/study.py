@@ -40,10 +40,11 @@ def report(sweep_dir: str) -> tuple[list[str], list[str]]:
     counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
     goals = ", ".join(f"{d.name.lower()} {o}" for o, d in zip(objectives, study.directions, strict=True))
     lines = ["", f"## Optuna study `{study.study_name}`", "", f"{len(trials)} trials ({counts}); {goals}.", ""]
+    label = "Best" if len(study.directions) == 1 else "On the Pareto front"
     for best in best_trials(study):
-        values = ", ".join(f"{o} {v:.4f}" for o, v in zip(objectives, best.values, strict=True))
+        values = ", ".join(_shown(o, v) for o, v in zip(objectives, best.values, strict=True))
         lines += [
-            f"Best: trial {best.number} ({values}); rerun it with",
+            f"{label}: trial {best.number} ({values}); rerun it with",
             "",
             f"    {_command(sweep_dir, best.number)}",
             "",
@@ -86,6 +87,10 @@ def _row(trial: Any, params: list[str], objectives: list[str]) -> dict[str, Any]
         **{p: trial.params.get(p) for p in params},
         "duration_s": round(duration, 1) if duration is not None else None,
     }
+
+
+def _shown(name: str, value: float) -> str:
+    return f"{name} {value:.4f}" if abs(value) < 1000 else f"{name} {value:,.0f}"  # a loss, or tokens/s
 
 
 def _cell(value: Any) -> str:
