@@ -17,7 +17,7 @@ from typing import NoReturn
 import torch
 
 from nanogpt import device as devices
-from nanogpt import distributed, optim, trainer
+from nanogpt import distributed, optim, trainer, trial
 from nanogpt.bits_per_byte import bits_per_byte
 from nanogpt.config import RunConfig
 from nanogpt.errors import FailedDuringTraining, UserError
@@ -91,6 +91,7 @@ def _train_loop(tr: Trainer) -> Result:
                     val_loss = _evaluate_and_save(tr, speed, lr, check_stop)
                 except StopRequested:  # nothing of the evaluation is kept: a resumed run evaluates here again
                     _stop(tr, stop)
+                trial.report(tr.run_dir, state.iter, val_loss, dist)  # an Optuna trial's pruner may stop it here
                 if train_cfg.eval_only:
                     break
             if state.iter >= train_cfg.max_iters:

@@ -55,7 +55,7 @@ def main_with_clean_errors(main: Callable[[], Any]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, UserError) as e:  # UserError: a sweeper's refusal
         if os.environ.get("NANOGPT_TRACEBACK") == "1":
             raise
         print(f"error: {config_error_line(e)}", file=sys.stderr, flush=True)

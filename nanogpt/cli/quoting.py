@@ -17,6 +17,8 @@ import re
 import shlex
 from typing import Any
 
+# Hydra's sweep calls: one the grammar refuses has wrong arguments (interval(1e-2)), it is not free text.
+_SWEEP_CALL = re.compile(r"^\s*(interval|choice|range|tag|glob|sort|shuffle)\s*\(")
 _KEY = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.\-/@]*(?:@[\w.\-/]*)?$")  # a config key or group, as Hydra spells them
 
 
@@ -29,7 +31,7 @@ def quote_free_text(args: list[str], multirun: bool | None = None) -> list[str]:
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")
-        if arg.startswith("-") or not eq or not _KEY.match(key):
+        if arg.startswith("-") or not eq or not _KEY.match(key) or _SWEEP_CALL.match(value):
             out.append(arg)
             continue
         parser = parser or _parser()
@@ -54,6 +56,8 @@ def quoting_hint(override: str) -> str:
     key, eq, value = override.partition("=")
     if not eq:
         return "write it as key=value"
+    if _SWEEP_CALL.match(value):
+        return "write interval(low, high), tag(log, interval(low, high)), choice(a, b, ...) or range(start, stop, step)"
     if not _KEY.match(key):
         return f"{key!r} is not a config key: keys are ASCII names such as data.source (`--cfg job` lists them)"
     typed = f"{key}={hydra_quote(value)}"

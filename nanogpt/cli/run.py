@@ -30,6 +30,7 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
         from nanogpt.rundir import RunDirBusy
         from nanogpt.signals import Interrupted
         from nanogpt.train import train
+        from nanogpt.trial import Pruned
 
     started = time.time()
     status: dict = {"status": "running"}
@@ -54,6 +55,8 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
             "val_loss": result.val_loss,
             "last_train_loss": result.last_train_loss,
         }
+    except Pruned as e:  # an Optuna trial stopped early by its study's pruner: a normal end
+        status = {"status": "pruned", "iter": e.iter, "val_loss": e.val_loss}
     except Interrupted as e:
         status = {"status": "interrupted", "error": str(e)}
         write_status(run_dir, status, started, main_rank)
