@@ -200,6 +200,7 @@ class RunConfig:
     seed: int = 1337
     # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
     # brings its shape and tokenizer (rotary, QK-norm, ReLU² runs too); its weights come from init_from_checkpoint
+    # | <nanoGPT ckpt.pt or its out_dir>: its shape from model_args, its weights (docs/nanogpt.md)
     init_from: str = "scratch"
     init_from_checkpoint: str = "best"  # best | latest: which checkpoint of an init_from=<run dir> to start from
     resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
@@ -219,7 +220,8 @@ class SampleConfig:
     """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
 
     run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest
     start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
     num_samples: int = 3
@@ -238,6 +240,7 @@ class ExportConfig:
     """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
 
     run: str | None = None  # run dir to export
+    init_from: str | None = None  # or a nanoGPT checkpoint: its ckpt.pt or out_dir (out: <out_dir>/huggingface)
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint exports its latest
     out: str | None = None  # folder to write; None: <run dir>/huggingface
 
@@ -247,7 +250,8 @@ class EvalConfig:
     """`eval.py`: downstream accuracy of a run's checkpoint or a GPT-2, saved in <run>/eval/<checkpoint>.json."""
 
     run: str | None = None  # run dir whose checkpoint to evaluate
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint is evaluated at its latest
     tasks: list[str] = field(default_factory=list)  # our own tasks (nanogpt/eval/): hellaswag
     harness: list[str] = field(default_factory=list)  # lm-evaluation-harness task names or task YAML paths
@@ -289,7 +293,10 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
     elif isinstance(cfg, ExportConfig):
-        _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
+        _check(
+            (cfg.run is None) != (cfg.init_from is None),
+            "give run=<run dir> (or init_from=<nanoGPT ckpt.pt>) to export (out=<folder>, else <run dir>/huggingface)",
+        )
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
 
 
