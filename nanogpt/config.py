@@ -9,6 +9,7 @@ these objects and never touches Hydra.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ class DataConfig:
     """A token data set (`conf/data/`): where its text comes from and how it is tokenized."""
 
     name: str = MISSING  # folder under paths.data_dir holding train.bin, val.bin, meta.json
+    # Or a prepared folder used where it lies, with its own tokenizer: ours, or nanoGPT's data/<name>/ (train.bin,
+    # val.bin as uint16, meta.pkl for characters, none for GPT-2's BPE; nanogpt/data/nanogpt_folder.py)
+    dir: str | None = None
     tokenizer: str = "char"  # char | gpt2 | bpe (a byte-level BPE trained on this data set's train split)
     vocab_size: int | None = None  # bpe: tokens to train (256 bytes + merges + <|endoftext|>); e.g. 4096
     bpe_pattern: str = GPT2_PATTERN  # bpe: the regex cutting text into pieces that merges never cross
@@ -460,6 +464,12 @@ def _check_device(d: DeviceConfig) -> None:
 
 
 def _check_data(d: DataConfig) -> None:
+    _check(
+        d.dir is None
+        or os.path.isfile(os.path.join(d.dir, "train.bin"))
+        or os.path.isfile(os.path.join(d.dir, "meta.json")),
+        f"data.dir={d.dir!r} holds no train.bin: give a prepared data folder (nanoGPT's data/<name>/, or one of ours)",
+    )
     _check(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r}: use char, gpt2 or bpe")
     if d.tokenizer != "bpe":
         _check(

@@ -95,7 +95,8 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     from nanogpt.data.tokens import read_meta
 
     meta = read_meta(data_path)
-    check_prepared_as_asked(cfg.data, meta, data_path)
+    if not cfg.data.dir:  # a folder given as it is brings its own tokenizer
+        check_prepared_as_asked(cfg.data, meta, data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
         saved = ModelConfig(**info["model"])
