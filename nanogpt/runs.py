@@ -110,7 +110,7 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     elif is_run_dir(cfg.init_from):
         return _from_run(cfg, meta)
     elif is_nanogpt_checkpoint(cfg.init_from):
-        return _from_nanogpt(cfg, meta)
+        return _from_nanogpt(cfg, meta, data_path)
     else:
         model = _from_pretrained(cfg, meta)
     info = {
@@ -169,13 +169,19 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
     return model, new_info
 
 
-def _from_nanogpt(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
+def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
     """A nanoGPT checkpoint to finetune: its shape and weights; the data must speak its tokenizer."""
     from nanogpt.from_nanogpt.checkpoint import load, tokenizer_of
 
     ckpt = load(cfg.init_from)
     chars = meta["tokenizer"].get("kind") == "char"
-    spec, _ = tokenizer_of(ckpt, otherwise=(meta["tokenizer"], meta["vocab_size"]) if chars else None)
+    spec, vocab = tokenizer_of(ckpt, otherwise=(meta["tokenizer"], meta["vocab_size"]) if chars else None)
+    if spec != meta["tokenizer"] and spec["kind"] == "char":  # the lists of characters are too long to print
+        raise UserError(
+            f"the data at {data_path} has a vocabulary of {meta['vocab_size']} ({meta['tokenizer']['kind']}), "
+            f"but init_from={cfg.init_from} was trained on other characters ({vocab}): finetune on its own data "
+            "set (data.dir=<its nanoGPT data folder>)"
+        )
     _check_tokenizer_extends(spec, meta, ckpt.model.vocab_size, cfg.init_from, cfg.data.name)
     _warn_unused_shape(cfg.model, ckpt.model, cfg.init_from)
     model = ckpt.build(dropout=cfg.model.dropout)
