@@ -155,7 +155,7 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
         model.crop_block_size(cfg.model.block_size)
     weights = os.path.join(ckpt, checkpoint.WEIGHTS)
     origin = {"run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(ckpt), "iter": info.get("iter")}
-    origin["sha256"] = _sha256(weights)
+    origin["sha256"] = file_sha256(weights)
     log.info(
         "init_from=%s: %s (iter %s, sha256 %s...), shape and tokenizer from that run",
         run_dir, ckpt, origin["iter"], origin["sha256"][:12],
@@ -187,7 +187,7 @@ def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict
     model = ckpt.build(dropout=cfg.model.dropout)
     if cfg.model.block_size < ckpt.model.block_size:
         model.crop_block_size(cfg.model.block_size)
-    origin = {"nanogpt": os.path.abspath(ckpt.path), "iter": ckpt.iter_num, "sha256": _sha256(ckpt.path)}
+    origin = {"nanogpt": os.path.abspath(ckpt.path), "iter": ckpt.iter_num, "sha256": file_sha256(ckpt.path)}
     log.info(
         "init_from=%s: nanoGPT's checkpoint at iter %d (sha256 %s...)", ckpt.path, ckpt.iter_num, origin["sha256"][:12]
     )
@@ -234,7 +234,7 @@ def _warn_unused_shape(asked: ModelConfig, saved: ModelConfig, run_dir: str) -> 
         )  # fmt: skip
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

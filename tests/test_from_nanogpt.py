@@ -338,3 +338,37 @@ def test_code_in_a_config_file_is_one_line_and_never_run(tmp_path, text, needle)
 def test_a_flag_nanogpt_never_had_is_one_line(tmp_path):
     one_line_error(converter("--learning_rat=1e-3", cwd=tmp_path), "learning_rat", "not a setting")
     one_line_error(converter("--batch_size=big", cwd=tmp_path), "--batch_size=big", "int")
+
+
+# ---- resume ----
+
+
+@pytest.mark.slow
+def test_resume_continues_at_its_iter_with_its_optimizer_and_the_next_loss_by_hand(tmp_path):
+    import json
+
+    from helpers import metrics
+
+    from nanogpt.data.batches import Batches
+
+    out = write_run(tmp_path, iter_num=250)
+    run_entry(
+        "run.py", f"resume={out}", "device=cpu", "train.max_iters=252", "train.log_interval=1",
+        "train.eval_interval=1000", cwd=tmp_path,
+    )  # fmt: skip
+    run = tmp_path / "outputs" / "default" / "latest"  # a new run dir of ours
+    steps = [m for m in metrics(run) if "loss" in m]
+    assert [m["iter"] for m in steps] == [250, 251]
+    # The loss of the first step here is the loss of nanoGPT's weights on that step's batch, by hand.
+    ck = saved(out)
+    x, y = Batches(str(tmp_path / "data" / DATASET), 24, 4, 1, 1337, torch.device("cpu"), vocab_size=61).train(250, 0)
+    want = torch.nn.functional.cross_entropy(reference_logits(ck["model"], ARGS, x).flatten(0, 1), y.flatten())
+    assert steps[0]["loss"] == pytest.approx(want.item(), abs=1e-5)
+    # Its AdamW state came along: one step counted by nanoGPT, two more here.
+    trainer = torch.load(run / "checkpoints" / "latest" / "trainer.pt", weights_only=True)
+    assert {float(s["step"]) for s in trainer["optimizers"][0]["state"].values()} == {3.0}
+    assert trainer["iter"] == 252 and trainer["best_val_loss"] <= 3.25
+    info = json.loads((run / "checkpoints" / "latest" / "info.json").read_text())
+    assert info["init_from"]["nanogpt"] == str(out / "ckpt.pt") and info["init_from"]["iter"] == 250
+    saved_cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved_cfg["optim"]["beta2"] == 0.99 and saved_cfg["data"]["dir"] == str(tmp_path / "data" / DATASET)

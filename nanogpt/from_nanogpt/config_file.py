@@ -173,7 +173,11 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
 
 def convert(args: list[str]) -> Converted:
     """run.py's overrides for a nanoGPT command line (`config/x.py --key=value ...`), run from nanoGPT's folder."""
-    values, given = read_args(args)
+    return convert_values(*read_args(args))
+
+
+def convert_values(values: dict[str, Any], given: set[str]) -> Converted:
+    """run.py's overrides for nanoGPT's settings `values` (all of train.py's), `given` the ones set explicitly."""
     out = Converted(values, given)
     pretrained = values["init_from"].startswith("gpt2")
     for key, ours in SAME.items():
@@ -229,3 +233,18 @@ def _yaml(value: Any) -> str:
     if isinstance(value, str):
         return repr(value) if any(c in value for c in " ,=[]{}'\"") else value
     return repr(value)
+
+
+def resume_overrides(saved: dict[str, Any], out_dir: str) -> list[str]:
+    """The loop, model and optimizer settings a nanoGPT checkpoint's `config` records, as run.py's overrides, and
+    its data folder when it is found (under the working dir or beside out_dir, as nanoGPT's data/<dataset>). The
+    device settings are left to this machine."""
+    values = {**DEFAULTS, **{k: v for k, v in saved.items() if k in DEFAULTS}, "init_from": "scratch"}
+    conv = convert_values(values, set(saved) & set(DEFAULTS))
+    kept = [o for o in conv.overrides if o.split("=", 1)[0].split(".")[0] in ("train", "model", "optim")]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(out_dir)))
+    for root in (".", repo):
+        folder = os.path.abspath(os.path.join(root, "data", str(values["dataset"])))
+        if os.path.isfile(os.path.join(folder, "train.bin")):
+            return [*kept, "data.name=nanogpt", f"data.dir={folder}"]
+    return kept
