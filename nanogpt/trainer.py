@@ -133,11 +133,12 @@ def build(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devic
 
 def _prepared_data(cfg: RunConfig, dist: distributed.Dist, device: torch.device) -> str:
     """The data set's folder, prepared here if it never was and this is the only process."""
+    from nanogpt.data import nanogpt_folder
     from nanogpt.data.prepare import prepare
 
     data_path = dataset_dir(cfg.data, cfg.paths.data_dir)
     # Only a data set never prepared is built here: damaged token files are reported, never silently rebuilt.
-    missing = not os.path.exists(os.path.join(data_path, "meta.json"))
+    missing = not os.path.exists(os.path.join(data_path, "meta.json")) and not nanogpt_folder.is_folder(data_path)
     if distributed.any_rank(missing, dist, device):
         # Several processes would wait for one to prepare it (hours for OpenWebText) and time out: say what to run.
         if dist.enabled:

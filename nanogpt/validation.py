@@ -4,6 +4,7 @@ describes. Each failure is a UserError naming the key and what to do."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from nanogpt.config import (
@@ -54,7 +55,10 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
     elif isinstance(cfg, ExportConfig):
-        _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
+        _check(
+            (cfg.run is None) != (cfg.init_from is None),
+            "give run=<run dir> (or init_from=<nanoGPT ckpt.pt>) to export (out=<folder>, else <run dir>/huggingface)",
+        )
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
 
 
@@ -218,6 +222,12 @@ def _check_device(d: DeviceConfig) -> None:
 
 
 def _check_data(d: DataConfig) -> None:
+    _check(
+        d.dir is None
+        or os.path.isfile(os.path.join(d.dir, "train.bin"))
+        or os.path.isfile(os.path.join(d.dir, "meta.json")),
+        f"data.dir={d.dir!r} holds no train.bin: give a prepared data folder (nanoGPT's data/<name>/, or one of ours)",
+    )
     _check(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r}: use char, gpt2 or bpe")
     if d.tokenizer != "bpe":
         _check(

@@ -150,3 +150,9 @@ def _override_values(overrides: list[str]) -> DictConfig:
     for o in OverridesParser.create().parse_overrides(overrides):
         OmegaConf.update(values, o.key_or_group, o.value(), force_add=True)
     return values
+
+
+def with_overrides(cfg: DictConfig, *overrides: list[str]) -> RunConfig:
+    """A composed run config with lists of `key=value` overrides applied in turn, validated."""
+    merged = OmegaConf.merge(cfg, *(_override_values(o) for o in overrides))
+    return to_object(merged, RunConfig)
