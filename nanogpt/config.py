@@ -234,6 +234,26 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve.py`: an OpenAI-compatible HTTP server over a run's checkpoint or an OpenAI GPT-2 (docs/serving.md)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to serve
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest
+    host: str = "127.0.0.1"  # the address to bind; another one without api_key is warned about
+    port: int = 8000
+    # Every request but the chat page itself needs `Authorization: Bearer <key>`; null: $NANOGPT_API_KEY if set
+    api_key: str | None = None
+    model_name: str | None = None  # the model id clients name; null: the run dir's name, or init_from
+    max_batch: int = 8  # sequences decoded together at most (a request with n choices takes n); the rest queue
+    max_queue: int = 64  # requests waiting for a slot at most; beyond it a request is refused with 503
+    max_tokens: int | None = None  # the largest max_tokens a request may ask; null: the model's block size
+    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    shutdown_timeout: float = 5.0  # seconds requests in flight get to finish after SIGTERM before being cancelled
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass
 class ExportConfig:
     """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
 
@@ -285,6 +305,9 @@ def validate(cfg: Any) -> None:
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
         _check_sample(cfg)
+        _check_device(cfg.device)
+    elif isinstance(cfg, ServeConfig):
+        _check_serve(cfg)
         _check_device(cfg.device)
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
@@ -345,6 +368,21 @@ def _check_sample(cfg: SampleConfig) -> None:
     _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
     _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
     _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
+
+
+def _check_serve(cfg: ServeConfig) -> None:
+    _check(
+        (cfg.run is None) != (cfg.init_from is None),
+        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
+    )
+    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+    _check(0 <= cfg.port <= 65535, f"port={cfg.port} must be in 0..65535 (0: any free port)")
+    _check(cfg.api_key is None or cfg.api_key.strip() != "", "api_key is empty: give a key, or leave it unset")
+    _check(cfg.max_batch > 0, f"max_batch={cfg.max_batch} must be > 0")
+    _check(cfg.max_queue >= 0, f"max_queue={cfg.max_queue} must be >= 0")
+    _check(cfg.max_tokens is None or cfg.max_tokens > 0, f"max_tokens={cfg.max_tokens} must be > 0 (or null)")
+    _check(cfg.max_body_bytes > 0, f"max_body_bytes={cfg.max_body_bytes} must be > 0")
+    _check(cfg.shutdown_timeout >= 0, f"shutdown_timeout={cfg.shutdown_timeout} must be >= 0")
 
 
 def _check_length(cfg: RunConfig) -> None:
