@@ -1,0 +1,210 @@
+"""serve.py as its users meet it: a subprocess on 127.0.0.1 called by the official `openai` client and plain HTTP.
+
+The models are tiny GPTs built here in a second and saved as run dirs (random weights, the output layer scaled
+up so that the logits are far apart and greedy decoding has few near-ties). Greedy answers are checked against
+`sample.py temperature=0` on the same run, and against the model's own solo generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import string
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from helpers import free_port, popen_entry, run_entry
+
+from nanogpt import checkpoint
+from nanogpt.config import ModelConfig
+from nanogpt.model import GPT
+from nanogpt.tokenizer import GPT2Tokenizer
+
+CHARS = sorted(set(string.ascii_letters + string.digits + " .,:;!?'\n"))
+KEY = "test-key"
+
+
+def save_run(run_dir: Path, tokenizer_meta: dict, vocab: int, seed: int = 0, **shape) -> Path:
+    """A run dir holding one checkpoint of a tiny random GPT whose logits are well separated."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=vocab, dropout=0.0, tie_embeddings=False
+    )
+    cfg = dataclasses.replace(cfg, **shape)
+    model = GPT(cfg)
+    with torch.no_grad():
+        # Untied: a random tied model repeats its input token. Scaled up: the likeliest token has ~half the mass.
+        model.lm_head.weight.mul_(20)
+    info = {"iter": 0, "model": dataclasses.asdict(cfg), "data_vocab_size": vocab, "tokenizer": tokenizer_meta}
+    checkpoint.save(str(run_dir), model, {}, info, as_best=True)
+    return run_dir
+
+
+@dataclasses.dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, key: str | None = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=30)
+
+
+def start_server(tmp: Path, *args: str, key: str | None = KEY) -> Server:
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = popen_entry("serve.py", f"port={port}", *args, *([f"api_key={key}"] if key else []), cwd=tmp,
+                           stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve.py exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {key}"}, timeout=1)
+            return Server(proc, url, log)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    stop_server(Server(proc, url, log))
+    raise AssertionError(f"serve.py did not answer within 60 s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("serve")
+    return save_run(tmp / "charrun", {"kind": "char", "chars": CHARS}, len(CHARS))
+
+
+@pytest.fixture(scope="module")
+def server(char_run) -> Iterator[Server]:
+    s = start_server(char_run.parent, f"run={char_run}", "max_batch=4", "max_queue=8", "device.device=cpu")
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
+def sample_greedy(run: Path, prompt: str, tokens: int) -> str:
+    """`sample.py temperature=0`'s one sample, without the prompt it echoes."""
+    out = run_entry("sample.py", f"run={run}", f"start={prompt}", "num_samples=1", f"max_new_tokens={tokens}",
+                    "temperature=0", "device.device=cpu", cwd=run.parent).stdout  # fmt: skip
+    return out.split("\n---------------\n")[0][len(prompt) :]
+
+
+def test_greedy_completion_equals_sample_py_alone_and_batched(server, char_run):
+    """Greedy output is sample.py's, whether the request ran alone or beside three others (continuous batching:
+    they join and leave at different steps)."""
+    client = server.client()
+    prompts = ["To be", "Hello there", "a", "Why? Because"]
+    alone = client.completions.create(model="charrun", prompt=prompts[0], max_tokens=40, temperature=0)
+    assert alone.choices[0].finish_reason == "length"
+    assert alone.usage.prompt_tokens == len(prompts[0]) and alone.usage.completion_tokens == 40
+    assert alone.choices[0].text == sample_greedy(char_run, prompts[0], 40)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(i: int) -> str:
+        time.sleep(0.02 * i)
+        r = client.completions.create(model="charrun", prompt=prompts[i], max_tokens=20 + 7 * i, temperature=0)
+        return r.choices[0].text
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(ask, range(4)))
+    assert together[0] == alone.choices[0].text[:20]
+    assert together[3] == sample_greedy(char_run, prompts[3], 41)
+    for i in (1, 2):  # beside others as alone
+        solo = client.completions.create(model="charrun", prompt=prompts[i], max_tokens=20 + 7 * i, temperature=0)
+        assert together[i] == solo.choices[0].text
+
+
+def test_streaming_completion_stop_strings_and_n(server):
+    client = server.client()
+    full = client.completions.create(model="charrun", prompt="Once", max_tokens=30, temperature=0).choices[0].text
+    stop = full[10:12]
+    cut = full[: full.index(stop)]
+    stream = client.completions.create(model="charrun", prompt="Once", max_tokens=30, temperature=0, stop=["QQQ", stop],
+                                       stream=True, stream_options={"include_usage": True})  # fmt: skip
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == cut
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+    # n choices, seeded: each choice is its own draw, the same again for the same seed
+    a = client.completions.create(model="charrun", prompt="Once", max_tokens=12, n=3, seed=7, temperature=1.0)
+    b = client.completions.create(model="charrun", prompt="Once", max_tokens=12, n=3, seed=7, temperature=1.0)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len({c.text for c in a.choices}) > 1
+    assert a.usage.completion_tokens == 36
+    top1 = client.completions.create(model="charrun", prompt="Once", max_tokens=12, extra_body={"top_k": 1})
+    assert top1.choices[0].text == full[:12]
+
+
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["charrun"]
+    r = httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.json()["status"] == "ok"
+
+
+def test_chat_on_a_base_model_is_a_400_with_the_reason(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(model="charrun", messages=[{"role": "user", "content": "hi"}])
+    assert "character-level vocabulary has no chat tokens" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("chat")
+    vocab = GPT2Tokenizer(chat=True).vocab_size
+    run = save_run(tmp / "chatrun", {"kind": "gpt2", "chat": True}, vocab, vocab_size=50304)
+    s = start_server(tmp, f"run={run}", "model_name=tiny-chat", "device.device=cpu")
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
+def test_chat_completions_streaming_and_not(chat_server):
+    client = chat_server.client()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+    r = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=15, temperature=0, n=2)
+    assert r.object == "chat.completion" and len(r.choices) == 2
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == r.choices[1].message.content  # greedy: both the same
+    assert r.choices[0].finish_reason in ("stop", "length")
+    from nanogpt.chat.template import ChatTemplate
+
+    assert r.usage.prompt_tokens == len(ChatTemplate.of(GPT2Tokenizer(chat=True)).prompt(messages))
+    chunks = list(client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=15, temperature=0,
+                                                 stream=True))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_plain_http_sse_ends_with_done(server):
+    body = {"model": "charrun", "prompt": "Hi", "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+    assert json.loads(lines[0][6:])["object"] == "text_completion"
