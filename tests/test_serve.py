@@ -90,7 +90,7 @@ def stop_server(server: Server) -> int:
 @pytest.fixture(scope="module")
 def char_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("serve")
-    return save_run(tmp / "charrun", {"kind": "char", "chars": CHARS}, len(CHARS))
+    return save_run(tmp / "charrun", {"kind": "char", "chars": CHARS}, len(CHARS), block_size=1024)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,100 @@ def test_plain_http_sse_ends_with_done(server):
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
     assert json.loads(lines[0][6:])["object"] == "text_completion"
+
+
+def post(server: Server, path: str, body: bytes | dict, key: str | None = KEY) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, dict):
+        return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=30)
+    return httpx.post(f"{server.url}{path}", content=body, headers={**headers, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    "body, status, param, says",
+    [
+        (b"{not json", 400, None, "not valid JSON"),
+        (b"[1, 2]", 400, None, "not an object"),
+        ({"model": "charrun", "prompt": "a", "max_tokens": "ten"}, 400, "max_tokens", "1..1024"),
+        ({"model": "charrun", "prompt": "a", "max_tokens": 0}, 400, "max_tokens", "1..1024"),
+        ({"model": "charrun", "prompt": "a", "max_tokens": 1025}, 400, "max_tokens", "1..1024"),
+        ({"model": "charrun", "prompt": "a", "n": 5}, 400, "n", "1..4"),
+        ({"model": "charrun", "prompt": "a", "n": True}, 400, "n", "whole number"),
+        ({"model": "charrun", "prompt": "a", "temperature": 3}, 400, "temperature", "[0.0, 2.0]"),
+        ({"model": "charrun", "prompt": "a", "top_p": 0}, 400, "top_p", "keeps no token"),
+        ({"model": "charrun", "prompt": "a", "top_k": 10**6}, 400, "top_k", "1.."),
+        ({"model": "charrun", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+        ({"model": "charrun", "prompt": 7}, 400, "prompt", "string or a list of token ids"),
+        ({"model": "charrun", "prompt": "a", "logprobs": 2}, 400, "logprobs", "not supported"),
+        ({"model": "charrun", "prompt": "a", "frobnicate": 1}, 400, "frobnicate", "unknown field"),
+        ({"model": "charrun", "prompt": "a", "stream": "yes"}, 400, "stream", "true or false"),
+        ({"model": "charrun", "prompt": "é"}, 400, None, "not in"),  # a character the vocabulary lacks
+        ({"model": "gpt-4", "prompt": "a"}, 404, "model", "does not exist"),
+        ({"model": "charrun", "prompt": "a" * 1025}, 400, "prompt", "context of 1024 tokens"),
+    ],
+)
+def test_bad_requests_are_openai_error_objects(server, body, status, param, says):
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert says in error["message"] and error["type"] and "Traceback" not in r.text
+    if param:
+        assert error["param"] == param
+
+
+def test_truncate_left_keeps_the_end_of_a_long_prompt(server):
+    r = post(server, "/v1/completions", {"model": "charrun", "prompt": "ab" * 600, "max_tokens": 4, "truncate": "left"})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 1020  # the block, less room for max_tokens
+
+
+def test_api_key_body_limit_and_the_client_errors(server):
+    with pytest.raises(openai.AuthenticationError):
+        server.client(key="wrong").models.list()
+    assert post(server, "/v1/completions", {"prompt": "a"}, key=None).status_code == 401
+    assert httpx.get(f"{server.url}/health").status_code == 401
+    assert httpx.get(f"{server.url}/").status_code == 200  # the page itself holds nothing
+    r = post(server, "/v1/completions", b'{"prompt": "' + b"a" * 2_000_000 + b'"}')
+    assert r.status_code == 413 and "1000000 bytes" in r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="nope", prompt="a")
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
+    health = lambda: httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    before = health()["steps"]
+    body = {"model": "charrun", "prompt": "Go", "max_tokens": 1000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+        lines = r.iter_lines()
+        next(lines), next(lines)  # two events arrived: the sequence is in the batch
+    deadline = time.monotonic() + 10
+    while health()["active"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health()["active"] == 0
+    assert health()["steps"] - before < 900  # it left early, not after its 1000 tokens
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stream_exits_cleanly(char_run):
+    s = start_server(char_run.parent, f"run={char_run}", "device.device=cpu", "shutdown_timeout=1")
+    try:
+        body = {"model": "charrun", "prompt": "Go", "max_tokens": 1000, "stream": True}
+        with httpx.stream("POST", f"{s.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=30) as r:  # fmt: skip
+            lines = r.iter_lines()
+            next(lines)
+            s.proc.send_signal(signal.SIGTERM)
+            rest = list(lines)  # the request finishes (or is cut at the grace period); the stream ends either way
+        assert s.proc.wait(timeout=20) == 0
+        assert not rest or rest[-1] in ("data: [DONE]", "")
+    finally:
+        stop_server(s)
+    assert "Traceback" not in s.log.read_text()
+
+
+@pytest.mark.slow
+def test_serving_beyond_loopback_without_a_key_warns(char_run):
+    s = start_server(char_run.parent, f"run={char_run}", "device.device=cpu", "host=0.0.0.0", key=None)
+    stop_server(s)
+    assert "without an API key" in s.log.read_text()

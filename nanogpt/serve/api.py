@@ -59,7 +59,7 @@ def create_app(engine: Engine, tokenizer: Tokenizer, limits: Limits, api_key: st
     async def health(request: Request) -> dict:
         _authorize(request, api_key)
         active, queued = engine.load()
-        return {"status": "ok", "model": limits.model_name, "active": active, "queued": queued}
+        return {"status": "ok", "model": limits.model_name, "active": active, "queued": queued, "steps": engine.steps}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -91,7 +91,10 @@ def completion_job(body: dict, limits: Limits, tokenizer: Tokenizer) -> Job:
     _check_fields(body, COMPLETION_FIELDS)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
+        try:
+            ids = tokenizer.encode(prompt)
+        except UserError as e:  # a character the vocabulary lacks
+            raise ApiError(400, str(e), "prompt") from None
     elif isinstance(prompt, list) and prompt and all(_is_int(t) and 0 <= t < limits.vocab_size for t in prompt):
         ids = list(prompt)
     else:
