@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from nanogpt.chat.template import ChatTemplate
+from nanogpt.errors import UserError
 from nanogpt.serve.engine import Engine, Event, QueueFull
 from nanogpt.serve.engine import Request as EngineRequest
 from nanogpt.serve.requests import ApiError, Job, Limits, chat_job, completion_job, parse_json
@@ -36,6 +38,11 @@ def create_app(engine: Engine, tokenizer: Tokenizer, limits: Limits, api_key: st
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
+    try:
+        ChatTemplate.of(tokenizer)
+        can_chat = True
+    except UserError:
+        can_chat = False
 
     async def body_of(request: Request) -> dict:
         _authorize(request, api_key)
@@ -64,7 +71,14 @@ def create_app(engine: Engine, tokenizer: Tokenizer, limits: Limits, api_key: st
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         _authorize(request, api_key)
-        model = {"id": limits.model_name, "object": "model", "created": created, "owned_by": "nanogpt"}
+        # `chat` is ours: whether chat requests can be answered (the page picks its mode by it)
+        model = {
+            "id": limits.model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "nanogpt",
+            "chat": can_chat,
+        }
         return {"object": "list", "data": [model]}
 
     @app.post("/v1/completions", response_model=None)
