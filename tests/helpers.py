@@ -366,15 +366,16 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=30)
 
 
-def start_server(tmp: Path, *args: str, key: str | None = KEY) -> Server:
-    """`python serve.py port=<free port> args...` in the background, once it answers /health."""
+def start_server(tmp: Path, *args: str, key: str | None = KEY, env: dict | None = None) -> Server:
+    """`python serve.py port=<free port> args...` in the background, once it answers /health; `env` adds to the
+    offline environment."""
     import httpx
 
     port = free_port()
     log = tmp / f"serve-{port}.log"
     with open(log, "w") as out:
         proc = popen_entry("serve.py", f"port={port}", *args, *([f"api_key={key}"] if key else []), cwd=tmp,
-                           stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                           stdout=out, env=process_env(**(env or {})), stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
