@@ -64,14 +64,16 @@ def sampling_worker(kind: str) -> None:
         )
         return
     from nanogpt.config import ModelConfig
-    from nanogpt.model import GPT
+    from nanogpt.kernels import decode_layout
+    from nanogpt.model import GPT, LAST_POSITION
 
     model = GPT(ModelConfig(vocab_size=50257)).eval()
     if kind == "ours":
-        model.generate(torch.randint(0, 50257, (1, PROMPT)), NEW, temperature=0.0)
+        with decode_layout(model):  # as sample.py decodes
+            model.generate(torch.randint(0, 50257, (1, PROMPT)), NEW, temperature=0.0)
     else:  # nanoGPT's way at its longest context: the whole sequence through the model, last position's logits
         with torch.no_grad():
-            model(torch.randint(0, 50257, (1, PROMPT + NEW - 1)), last_only=True)
+            model(torch.randint(0, 50257, (1, PROMPT + NEW - 1)), logits_at=LAST_POSITION)
 
 
 def main() -> None:

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 import torch
 
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT
+from nanogpt.kernels import decode_layout
+from nanogpt.model import GPT, LAST_POSITION
 
 
 @torch.no_grad()
@@ -47,7 +48,7 @@ def recompute(model: GPT, idx: torch.Tensor, new: int) -> torch.Tensor:
     """nanoGPT's generate, greedy: every step runs the whole context (cropped to block_size) through the model."""
     block = model.config.block_size
     for _ in range(new):
-        logits, _ = model(idx[:, -block:], last_only=True)
+        logits, _ = model(idx[:, -block:], logits_at=LAST_POSITION)
         idx = torch.cat((idx, logits[:, -1, :].argmax(dim=-1, keepdim=True)), dim=1)
     return idx
 
@@ -108,7 +109,8 @@ def main() -> None:
     mask = torch.ones_like(idx)
 
     def run_ours() -> torch.Tensor:
-        return ours.generate(idx, args.new, temperature=0.0)
+        with decode_layout(ours):  # as sample.py decodes
+            return ours.generate(idx, args.new, temperature=0.0)
 
     def run_hf() -> torch.Tensor:
         return hf.generate(
@@ -126,7 +128,8 @@ def main() -> None:
         return recompute(ours, idx, args.new)
 
     def run_ours_1() -> torch.Tensor:
-        return ours.generate(idx, 1, temperature=0.0)
+        with decode_layout(ours):
+            return ours.generate(idx, 1, temperature=0.0)
 
     def run_hf_1() -> torch.Tensor:
         return hf.generate(
@@ -171,10 +174,15 @@ def main() -> None:
     torch.manual_seed(0)
     char = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, bias=False)).eval()
     start = torch.zeros((1, 1), dtype=torch.long)
-    char.generate(start, 50, temperature=0.0)
+
+    def run_char() -> torch.Tensor:
+        with decode_layout(char):
+            return char.generate(start, args.char_new, temperature=0.0)
+
+    run_char()
     char_times: dict[str, list[float]] = {"ours": [], "recompute": []}
     for _ in range(args.rounds):
-        char_times["ours"].append(timed(lambda: char.generate(start, args.char_new, temperature=0.0))[0])
+        char_times["ours"].append(timed(run_char)[0])
         char_times["recompute"].append(timed(lambda: recompute(char, start, args.char_new))[0])
     char_tps = {k: args.char_new / statistics.median(v) for k, v in char_times.items()}
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when r
 import torch
 
 from nanogpt.config import ModelConfig
+from nanogpt.kernels import decode_layout
 from nanogpt.model import GPT
 
 MODELS = {  # name: (shape, new tokens)
@@ -34,7 +35,8 @@ MODELS = {  # name: (shape, new tokens)
 @torch.no_grad()
 def tokens_per_s(model: GPT, prompt: torch.Tensor, new: int) -> float:
     t0 = time.perf_counter()
-    model.generate(prompt, new, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    with decode_layout(model):  # as sample.py decodes
+        model.generate(prompt, new, temperature=1.0, generator=torch.Generator().manual_seed(0))
     return new / (time.perf_counter() - t0)
 
 

@@ -57,10 +57,10 @@ class Precision:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         if self.device.type == "cpu":
-            # The CPU's fused (flash) attention kernel is slow in bf16, its backward ~10x slower than in fp32 on
-            # short blocks. Training's causal attention is written out (model.causal_attention_matmuls), and
-            # evaluation's asks for the fused kernel's forward itself; what else goes through
-            # scaled_dot_product_attention (a KV cache's masked attention) takes its plain path.
+            # The CPU's fused (flash) attention kernel is slow in bf16, its backward most (docs/BENCHMARKS.md).
+            # Training's causal attention is written out and evaluation's asks for the fused kernel's forward
+            # itself (kernels.attend); what else goes through scaled_dot_product_attention (a KV cache's masked
+            # attention) takes its plain path.
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             stack = contextlib.ExitStack()

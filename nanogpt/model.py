@@ -4,23 +4,25 @@ Off by default, a few changes from the 2024-25 GPT speedruns (ModelConfig docume
 embeddings, RMS-normed queries and keys, ReLU² MLPs, untied embeddings, zero-initialised output projections.
 With none of them set this is exactly GPT-2, and loads OpenAI's weights.
 
-Knows nothing of data, devices, distributed training, checkpoints or logging.
+Knows nothing of data, devices, distributed training, checkpoints or logging: attention and ReLU² go through
+nanogpt.kernels, which picks the kernel for where they run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanogpt.config import ModelConfig
+from nanogpt.kernels import attend, compute_dtype, relu_squared
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin of the rotary angles of the positions in hand
+# GPT.forward's logits_at for the last position of each row, (B, 1, vocab): all that generation needs.
+LAST_POSITION = (slice(None), [-1])
 
 
 class KVCache:
@@ -37,56 +39,6 @@ class KVCache:
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-
-# Below this many elements a weight is quicker to multiply whole, on one core (its reads hit the caches).
-ROW_BLOCKS_MIN_WEIGHT = 2**17
-
-
-def _one_row_in_blocks(module: nn.Linear, blocks: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module`'s forward, with an input of one row multiplied by `blocks` row blocks of the weight at once."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        w, bias = module.weight, module.bias
-        n_out, n_in = w.shape
-        if x.numel() != n_in:  # more than one row (a prompt): a matrix product, which MKL parallelises itself
-            return F.linear(x, w, bias)
-        rows = n_out // blocks
-        split = rows * blocks
-        y = x.new_empty(n_out)
-        x_rows = x.reshape(1, 1, n_in).expand(blocks, 1, n_in)
-        torch.bmm(x_rows, w[:split].view(blocks, rows, n_in).transpose(1, 2), out=y[:split].view(blocks, 1, rows))
-        if split < n_out:
-            torch.mv(w[split:], x.reshape(n_in), out=y[split:])
-        if bias is not None:
-            y += bias
-        return y.view(*x.shape[:-1], n_out)
-
-    return forward
-
-
-@contextlib.contextmanager
-def matvecs_in_row_blocks(model: nn.Module, blocks: int) -> Iterator[None]:
-    """While in this context, `model`'s large fp32 Linear layers multiply a single row (batch-1 decoding on a CPU)
-    as a batched product over `blocks` row blocks of their weight (views: no copy). Such a step reads every weight
-    once from memory, and MKL runs a one-row product on one core, at about 12 GB/s on Zen 4 whatever the threads;
-    split into one block per thread, the blocks are read in parallel, 1.5-1.7x faster with 2 threads
-    (docs/BENCHMARKS.md). Other inputs, and the model itself, are left as they are."""
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Linear)
-        and m.weight.dtype == torch.float32
-        and m.weight.is_contiguous()
-        and m.weight.numel() >= ROW_BLOCKS_MIN_WEIGHT
-    ]
-    try:
-        for m in layers:
-            m.forward = _one_row_in_blocks(m, blocks)
-        yield
-    finally:
-        for m in layers:
-            del m.forward  # the class's forward again
 
 
 class Rotary(nn.Module):
@@ -114,24 +66,6 @@ def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     cos, sin = rope
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
-
-
-def causal_attention_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v, written out: for CPUs under bf16 autocast, where PyTorch's fused
-    kernel is 2-4x slower in bf16 than in fp32 and its plain path scans every row for a full mask
-    (docs/BENCHMARKS.md). Precision as in flash attention on a GPU: scores and softmax in fp32, the probabilities
-    rounded to bf16 for their matmul with v."""
-    B, H, T, D = q.shape
-    future = torch.full((T, T), float("-inf"), device=q.device).triu(1)
-    with torch.autocast(q.device.type, enabled=False):
-        q32, k32 = q.float().reshape(B * H, T, D), k.float().reshape(B * H, T, D)
-        # mask + scale * q k^T in one kernel (a third faster, forward and backward, than scaling, multiplying and
-        # masking apart)
-        scores = torch.baddbmm(future.expand(B * H, T, T), q32, k32.transpose(1, 2), alpha=1.0 / math.sqrt(D))
-        att = scores.softmax(dim=-1)
-        if dropout:
-            att = F.dropout(att, dropout)
-        return att.type_as(v).view(B, H, T, T) @ v
 
 
 class CausalSelfAttention(nn.Module):
@@ -170,18 +104,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        dropout = self.dropout if self.training else 0.0
-        # Written out for eager CPU bf16 only: compiled, Inductor fuses SDPA's plain path itself, and the autocast
-        # switch inside causal_attention_matmuls would keep AOT autograd's cache from storing the graph.
-        eager_cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if mask is None and is_causal and eager_cpu_bf16 and not torch.compiler.is_compiling():
-            if torch.is_grad_enabled() or dropout:  # the fused CPU kernels have no dropout
-                y = causal_attention_matmuls(q, k, v, dropout)
-            else:  # evaluation: the fused kernel's bf16 forward is quicker (its backward is the slow part)
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # flash / memory-efficient attention where the device has it
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        y = attend(q, k, v, mask=mask, is_causal=is_causal, dropout=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -191,23 +114,7 @@ class ReLUSquared(nn.Module):
     (So et al. 2021, Primer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _ReLUSquared.apply(x)
-
-
-class _ReLUSquared(torch.autograd.Function):
-    """The gradient of relu(x)² is 2 relu(x): keeping relu(x) makes the backward one multiply, where autograd
-    through relu then square would save both tensors and run three elementwise kernels (a third faster on CPU)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        r = F.relu(x)
-        ctx.save_for_backward(r)
-        return r * r
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (r,) = ctx.saved_tensors
-        return grad * (2 * r)
+        return relu_squared(x)
 
 
 class MLP(nn.Module):
@@ -303,15 +210,14 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         cache: KVCache | None = None,
-        last_only: bool = False,
-        logits_at: tuple[torch.Tensor, torch.Tensor] | None = None,
+        logits_at: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for each position of `idx` (B, T), and the mean cross-entropy when `targets` are given.
 
-        With a cache, `idx` holds only the tokens after those already cached. `last_only` computes the
-        logits of the last position alone, which is all that generation needs. `logits_at` = (rows, positions)
-        computes them at those positions alone, (N, vocab): scoring a continuation needs only its own, and the
-        output layer is most of a small model's forward.
+        With a cache, `idx` holds only the tokens after those already cached. `logits_at`, an index into the
+        (B, T) positions, computes the logits there alone: (rows, positions) tensors give (N, vocab), what scoring
+        a continuation needs; `LAST_POSITION` gives (B, 1, vocab), what generation needs. The output layer is most
+        of a small model's forward.
         """
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
@@ -330,9 +236,7 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)
         if targets is None:
-            if logits_at is not None:
-                return self.lm_head(x[logits_at]), None
-            return self.lm_head(x[:, [-1], :] if last_only else x), None
+            return self.lm_head(x if logits_at is None else x[logits_at]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
@@ -376,29 +280,24 @@ class GPT(nn.Module):
         Keys and values are cached, so each step runs the model on one token. Beyond block_size the
         context is cropped to its last half-block and the cache rebuilt, once per half-block of tokens.
         temperature 0 is greedy; ids at or above `vocab_limit` (vocabulary padding) are never drawn.
+        Callers decode quicker inside `kernels.decode_layout(model)`, as sample.py does.
         """
         block = self.config.block_size
-        # Keys and values are cached in the dtype they are computed in: the weights', or autocast's (fp16 or bf16
-        # over fp32 weights), so that attention does not recast the whole cache at every token.
-        kind = idx.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(self.parameters()).dtype
-        cache = KVCache(self.config, idx.size(0), idx.device, dtype)
-        # fp32 on a CPU with several threads: each decode step's matrix-vector products split over the threads.
-        threads = torch.get_num_threads()
-        fast = kind == "cpu" and dtype == torch.float32 and threads > 1
-        with matvecs_in_row_blocks(self, threads) if fast else contextlib.nullcontext():
-            logits, _ = self(idx[:, -block:], cache=cache, last_only=True)
-            for i in range(max_new_tokens):
-                next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)
-                yield next_id
-                if i == max_new_tokens - 1:
-                    break
-                idx = torch.cat((idx, next_id), dim=1)
-                if cache.pos == block:
-                    cache.pos = 0
-                    logits, _ = self(idx[:, -(block // 2 + 1) :], cache=cache, last_only=True)
-                else:
-                    logits, _ = self(next_id, cache=cache, last_only=True)
+        # Keys and values are cached in the dtype they are computed in, so that attention does not recast the whole
+        # cache at every token.
+        cache = KVCache(self.config, idx.size(0), idx.device, compute_dtype(self))
+        logits, _ = self(idx[:, -block:], cache=cache, logits_at=LAST_POSITION)
+        for i in range(max_new_tokens):
+            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, vocab_limit, generator)
+            yield next_id
+            if i == max_new_tokens - 1:
+                break
+            idx = torch.cat((idx, next_id), dim=1)
+            if cache.pos == block:
+                cache.pos = 0
+                logits, _ = self(idx[:, -(block // 2 + 1) :], cache=cache, logits_at=LAST_POSITION)
+            else:
+                logits, _ = self(next_id, cache=cache, logits_at=LAST_POSITION)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:

@@ -87,7 +87,7 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
     # Here, not at the top: sampling and export load a run without the data modules (and what they import).
     from nanogpt.data.prepare import check_prepared_as_asked
-    from nanogpt.data.tokens import read_meta
+    from nanogpt.data.token_files import read_meta
 
     meta = read_meta(data_path)
     check_prepared_as_asked(cfg.data, meta, data_path)

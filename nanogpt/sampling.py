@@ -16,6 +16,7 @@ from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.config import DeviceConfig, SampleConfig
 from nanogpt.errors import UserError
+from nanogpt.kernels import decode_layout
 from nanogpt.model import GPT
 from nanogpt.runs import load_run
 
@@ -50,8 +51,8 @@ def read_prompt(start: str) -> str:
 
 def generation_precision(cfg: DeviceConfig) -> devices.Precision:
     """The device and dtype to generate in: the training choice, except fp32 on CPUs unless bf16 is asked for.
-    Decoding one token at a time does not gain from AMX as training does: bf16 weights measured 19-37% slower
-    for the 4x128 and 6x384 character models and only 10% faster at GPT-2 124M (docs/BENCHMARKS.md)."""
+    Decoding one token at a time reads every weight once, and gains little or nothing from the CPU's bf16 dot
+    products as training does (docs/BENCHMARKS.md, Sampling)."""
     precision = devices.resolve(cfg)
     if precision.device.type == "cpu" and cfg.dtype == "auto":
         return dataclasses.replace(precision, dtype=torch.float32)
@@ -90,7 +91,7 @@ def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
     samples = []
     for _ in range(cfg.num_samples):
         out.write(tokenizer.decode(ids))
-        with autocast():
+        with autocast(), decode_layout(model):  # the layout inside autocast: it reads the dtype autocast sets
             stream = model.generate_stream(
                 x,
                 cfg.max_new_tokens,

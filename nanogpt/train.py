@@ -22,7 +22,7 @@ from nanogpt import tokenizer as tok
 from nanogpt.bits_per_byte import bits_per_byte
 from nanogpt.config import RunConfig
 from nanogpt.data.batches import Batches
-from nanogpt.data.tokens import SPLITS, dataset_dir, read_meta
+from nanogpt.data.token_files import SPLITS, dataset_dir, read_meta
 from nanogpt.errors import FailedDuringTraining, UserError
 from nanogpt.eval.loop import TrainingTasks
 from nanogpt.metrics import MetricsLog

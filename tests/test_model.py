@@ -1,16 +1,13 @@
 """The GPT against Hugging Face's GPT-2, the KV cache against full recompute (GPT-2's model, without biases, and
-with each modern option), and the sampling filters."""
+with each modern option), and the sampling filters. Its kernels against their references: tests/test_kernels.py."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 
-from nanogpt import model as gpt_model
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, KVCache, matvecs_in_row_blocks, sample_next
+from nanogpt.model import GPT, LAST_POSITION, KVCache, sample_next
 from tests.helpers import MODEL_OPTIONS, tiny_gpt
 
 # GPT-2's model (biases), without biases, and each modern option.
@@ -69,62 +66,23 @@ def test_cache_logits_equal_full_forward_at_every_position(variant):
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
+def test_logits_at_computes_the_output_layer_at_those_positions_alone():
+    model = tiny_gpt()
+    seq = torch.randint(0, 101, (3, 20))
+    full, _ = model(seq)
+    last, _ = model(seq, logits_at=LAST_POSITION)
+    rows, positions = torch.tensor([0, 2, 2]), torch.tensor([5, 0, 19])
+    picked, _ = model(seq, logits_at=(rows, positions))
+    assert last.shape == (3, 1, 101) and torch.allclose(last, full[:, [-1]], atol=1e-6)
+    assert picked.shape == (3, 101) and torch.allclose(picked, full[rows, positions], atol=1e-6)
+
+
 def test_generation_past_block_size_and_long_prompts():
     model = tiny_gpt()
     prompt = torch.randint(0, 101, (1, 100))  # longer than block_size 48: cropped
     out = model.generate(prompt, 120, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 220)
     assert torch.equal(out[:, :100], prompt)
-
-
-@pytest.mark.parametrize("blocks", [2, 3, 7])  # 3 and 7 leave rows over: the remainder's own product
-@pytest.mark.parametrize("bias", [True, False])
-def test_one_row_in_row_blocks_equals_linear(monkeypatch, blocks, bias):
-    """Each shape a one-row input comes in, against F.linear; other inputs go to F.linear as they are."""
-    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
-    layer = torch.nn.Linear(48, 101, bias=bias)
-    with torch.no_grad(), matvecs_in_row_blocks(layer, blocks):
-        for shape in [(48,), (1, 48), (1, 1, 48), (4, 48)]:
-            x = torch.randn(shape)
-            got = layer(x)
-            assert got.shape == (*shape[:-1], 101)
-            assert torch.allclose(got, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
-    assert "forward" not in vars(layer)  # the class's forward again
-
-
-@pytest.mark.parametrize("variant", ["gpt2", "untied", "all"])
-def test_row_blocks_keep_logits_and_leave_the_model_as_it_was(monkeypatch, variant):
-    """Split matrix-vector products change only the order of the sums: cached logits equal the full forward's,
-    and the weights are untouched (views, never copies), after the context and after a stream closed early."""
-    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
-    model = tiny_gpt(**VARIANTS[variant])
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    seq = torch.randint(0, 101, (1, 40))
-    full, _ = model(seq)
-    with torch.no_grad(), matvecs_in_row_blocks(model, 3):
-        assert "forward" in vars(model.lm_head) and "forward" in vars(model.transformer.h[0].mlp.c_fc)
-        cache = KVCache(model.config, 1, seq.device, torch.float32)
-        pieces = [model(seq[:, :20], cache=cache)[0]]
-        pieces += [model(seq[:, i : i + 1], cache=cache)[0] for i in range(20, 40)]
-    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    stream = model.generate_stream(seq[:, :5], 10, temperature=0.0)
-    next(stream)
-    assert "forward" in vars(model.transformer.h[0].mlp.c_fc)
-    stream.close()
-    assert not any("forward" in vars(m) for m in model.modules())
-    after = model.state_dict()
-    assert all(torch.equal(v, before[k]) for k, v in after.items())
-
-
-def test_generation_in_row_blocks_equals_plain_generation_past_block_size(monkeypatch):
-    """120 tokens with block_size 48: the cache is rebuilt twice, with split products as without."""
-    model = tiny_gpt()
-    prompt = torch.randint(0, 101, (1, 30), generator=torch.Generator().manual_seed(2))
-    plain = model.generate(prompt, 120, temperature=0.0)
-    monkeypatch.setattr(gpt_model, "ROW_BLOCKS_MIN_WEIGHT", 0)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    assert torch.equal(model.generate(prompt, 120, temperature=0.0), plain)
 
 
 def test_training_loss_at_init_is_log_vocab():
@@ -167,43 +125,3 @@ def test_flops_and_optimizer_groups():
     assert len(decayed) + len(groups[1]["params"]) == len(list(model.parameters()))
     cfg = model.config
     assert model.flops_per_token() == 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-
-
-def test_cpu_autocast_attention_matches_sdpa(monkeypatch):
-    """Under bf16 autocast on a CPU, attention is written out as matmuls (model.causal_attention_matmuls): its output
-    and gradients match PyTorch's attention in fp64 on the same bf16 inputs, to bf16's precision, and the model
-    takes that path when training (its bf16 loss stays within bf16 rounding of the fp32 one)."""
-    from nanogpt.model import causal_attention_matmuls
-
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 4, 40, 16).bfloat16().requires_grad_() for _ in range(3))
-    grad = torch.randn(3, 4, 40, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = causal_attention_matmuls(q, k, v, 0.0)
-    y.float().backward(grad)
-    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    ref = torch.nn.functional.scaled_dot_product_attention(*ref_inputs, is_causal=True)
-    ref.backward(grad.double())
-    assert y.dtype == torch.bfloat16 and (y.double() - ref).abs().max() < 2e-2
-    for ours, theirs in zip((q, k, v), ref_inputs, strict=True):
-        assert (ours.grad.double() - theirs.grad).abs().max() < 5e-2 * theirs.grad.abs().max()
-
-    model, x = tiny_gpt(), torch.randint(0, 101, (2, 48))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, loss_bf16 = model(x, x)
-        dropped = causal_attention_matmuls(q, k, v, 0.5)  # dropout in training runs and keeps the shape
-    assert abs(loss_bf16.item() - model(x, x)[1].item()) < 0.02 and dropped.shape == q.shape
-
-    # Without gradients (evaluation) the model takes PyTorch's fused kernel instead, whose bf16 forward is quicker.
-    def refuse(*args):
-        raise AssertionError("the written-out attention ran without gradients")
-
-    with monkeypatch.context() as m:
-        m.setattr(gpt_model, "causal_attention_matmuls", refuse)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss_eval = model(x, x)
-    assert abs(loss_eval.item() - loss_bf16.item()) < 0.02
-    # ...except with dropout (a no-grad forward in training mode), which those kernels do not have
-    dropping = GPT(dataclasses.replace(model.config, dropout=0.5)).train()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.isfinite(dropping(x, x)[1])

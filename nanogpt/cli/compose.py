@@ -11,8 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig, validate
+from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig
 from nanogpt.errors import UserError
+from nanogpt.validation import validate
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
 GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
@@ -110,6 +111,12 @@ def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
         elif dataclasses.is_dataclass(fields[key].default_factory if callable(fields[key].default_factory) else None):
             out += _unknown_keys(value, fields[key].default_factory, f"{prefix}{key}.")
     return out
+
+
+def given_keys(overrides: list[str]) -> set[str]:
+    """The keys a command line's `key=value` overrides set (`+key`, `++key` and `~key` as `key`): what the user
+    gave explicitly, as opposed to what a preset or a default says."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:

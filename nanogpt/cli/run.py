@@ -10,7 +10,7 @@ import time
 
 from omegaconf import DictConfig
 
-from nanogpt.cli.compose import load_run_config, to_object
+from nanogpt.cli.compose import given_keys, load_run_config, to_object
 from nanogpt.cli.rundirs import is_scratch_dir
 from nanogpt.cli.startup import importing_torch
 from nanogpt.config import RunConfig
@@ -41,6 +41,10 @@ def run_main(cfg: DictConfig, run_dir: str, overrides: list[str], multirun: bool
         atexit.register(shutil.rmtree, run_dir, ignore_errors=True)  # not the run's dir: see cli/rundirs.py
     try:
         run_dir, run_cfg = _run_config(cfg, run_dir, overrides, link=main_rank and not multirun)
+        if "data.source" in given_keys(overrides):  # never train on a set prepared from another source
+            from nanogpt.data.prepare import check_given_source
+
+            check_given_source(run_cfg.data, run_cfg.paths.data_dir)
         result = train(run_cfg, run_dir)
         run_dir = result.run_dir
         status = {

@@ -31,6 +31,7 @@ import torch
 from nanogpt.config import EvalConfig
 from nanogpt.errors import UserError
 from nanogpt.eval.scoring import Scorer, batches, evaluating
+from nanogpt.kernels import decode_layout
 from nanogpt.model import GPT
 
 try:
@@ -230,7 +231,7 @@ class NanoGPTLM(LM):
         x = torch.tensor(contexts, dtype=torch.long, device=self.scorer.device)
         new: list[list[int]] = [[] for _ in contexts]
         done = [False] * len(contexts)
-        with self.scorer.autocast():
+        with self.scorer.autocast(), decode_layout(model):
             stream = model.generate_stream(
                 x,
                 kwargs["max_gen_toks"],

@@ -10,10 +10,10 @@ untied embeddings, LoRA layers over the projections) decodes here as it does in 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from nanogpt.config import ModelConfig
-from nanogpt.model import GPT, CausalSelfAttention, KVCache, Rope, apply_rotary
+from nanogpt.kernels import attend
+from nanogpt.model import GPT, LAST_POSITION, CausalSelfAttention, KVCache, Rope, apply_rotary
 
 
 class BatchedCache:
@@ -43,7 +43,7 @@ def prefill(model: GPT, ids: list[int], device: torch.device, dtype: torch.dtype
     as `GPT.generate_stream`."""
     cache = KVCache(model.config, 1, device, dtype)
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    logits, _ = model(x, cache=cache, last_only=True)
+    logits, _ = model(x, cache=cache, logits_at=LAST_POSITION)
     return logits[:, -1, :], cache
 
 
@@ -91,5 +91,5 @@ def _attend(
     keys[rows, :, pos] = k[:, :, 0].to(keys.dtype)
     values[rows, :, pos] = v[:, :, 0].to(values.dtype)
     length = mask.size(-1)
-    y = F.scaled_dot_product_attention(q, keys[:B, :, :length], values[:B, :, :length], attn_mask=mask)
+    y = attend(q, keys[:B, :, :length], values[:B, :, :length], mask=mask, is_causal=False)
     return attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nanogpt.model import GPT, matvecs_in_row_blocks, sample_next
+from nanogpt.kernels import compute_dtype, decode_layout
+from nanogpt.model import GPT, sample_next
 from nanogpt.serve.batched import BatchedCache, decode_step, prefill
 from nanogpt.serve.text import TextStream
 from nanogpt.tokenizer import Tokenizer
@@ -89,9 +90,7 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer, vocab_limit: int, max_batch: int, max_queue: int):
         self.model, self.tokenizer, self.vocab_limit = model, tokenizer, vocab_limit
         self.max_batch, self.max_queue = max_batch, max_queue
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.cache = BatchedCache(model.config, max_batch, self.device, self.dtype)
+        self.device = next(model.parameters()).device
         self.active: list[_Sequence] = []
         self.queue: deque[Request] = deque()
         self.wake = threading.Condition()
@@ -100,7 +99,11 @@ class Engine:
         self.steps = 0  # batched forwards so far (the tests read it)
 
     def start(self, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        """Decode under `autocast` (sampling.generation_weights's context); the cache holds what it computes."""
         self.autocast = autocast
+        with autocast():
+            self.dtype = compute_dtype(self.model)
+        self.cache = BatchedCache(self.model.config, self.max_batch, self.device, self.dtype)
         self.running = True
         self.thread.start()
 
@@ -125,11 +128,8 @@ class Engine:
         return len(self.active), len(self.queue)
 
     def _run(self) -> None:
-        # Grad mode and autocast are per thread: set here, not by the caller.
-        threads = torch.get_num_threads()
-        rows = self.device.type == "cpu" and self.dtype == torch.float32 and threads > 1
-        blocks = matvecs_in_row_blocks(self.model, threads) if rows else contextlib.nullcontext()
-        with torch.inference_mode(), self.autocast(), blocks:
+        # Grad mode and autocast are per thread: set here, not by the caller; the layout inside autocast.
+        with torch.inference_mode(), self.autocast(), decode_layout(self.model):
             while True:
                 with self.wake:
                     while self.running and not self.queue and not self.active:
