@@ -225,7 +225,10 @@ def test_sigterm_mid_stream_exits_cleanly(char_run):
             lines = r.iter_lines()
             next(lines)
             s.proc.send_signal(signal.SIGTERM)
-            rest = list(lines)  # the request finishes (or is cut at the grace period); the stream ends either way
+            try:
+                rest = list(lines)  # the request finished within shutdown_timeout
+            except httpx.RemoteProtocolError:
+                rest = []  # or was cancelled at its end, the connection closed
         assert s.proc.wait(timeout=20) == 0
         assert not rest or rest[-1] in ("data: [DONE]", "")
     finally:
