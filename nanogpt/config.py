@@ -234,6 +234,26 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve.py`: an OpenAI-compatible HTTP server over a run's checkpoint or an OpenAI GPT-2 (docs/serving.md)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to serve
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest
+    host: str = "127.0.0.1"  # the address to bind; another one without api_key is warned about
+    port: int = 8000
+    # Every request but the chat page itself needs `Authorization: Bearer <key>`; null: $NANOGPT_API_KEY if set
+    api_key: str | None = None
+    model_name: str | None = None  # the model id clients name; null: the run dir's name, or init_from
+    max_batch: int = 8  # sequences decoded together at most (a request with n choices takes n); the rest queue
+    max_queue: int = 64  # requests waiting for a slot at most; beyond it a request is refused with 503
+    max_tokens: int | None = None  # the largest max_tokens a request may ask; null: the model's block size
+    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    shutdown_timeout: float = 5.0  # seconds requests in flight get to finish after SIGTERM before being cancelled
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass
 class ExportConfig:
     """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig
+from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig
 from nanogpt.errors import UserError
 from nanogpt.validation import validate
 
@@ -25,6 +25,7 @@ SCHEMAS = {
     "sample_schema": SampleConfig,
     "export_schema": ExportConfig,
     "eval_schema": EvalConfig,
+    "serve_schema": ServeConfig,
 }
 
 
