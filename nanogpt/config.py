@@ -65,6 +65,9 @@ class DataConfig:
     """A token data set (`conf/data/`): where its text comes from and how it is tokenized."""
 
     name: str = MISSING  # folder under paths.data_dir holding train.bin, val.bin, meta.json
+    # Or a prepared folder used where it lies, with its own tokenizer: ours, or nanoGPT's data/<name>/ (train.bin,
+    # val.bin as uint16, meta.pkl for characters, none for GPT-2's BPE; nanogpt/data/nanogpt_folder.py)
+    dir: str | None = None
     tokenizer: str = "char"  # char | gpt2 | bpe (a byte-level BPE trained on this data set's train split)
     vocab_size: int | None = None  # bpe: tokens to train (256 bytes + merges + <|endoftext|>); e.g. 4096
     bpe_pattern: str = GPT2_PATTERN  # bpe: the regex cutting text into pieces that merges never cross
@@ -160,7 +163,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
     eval_iters: int = 200  # batches per split in each evaluation, the same batches every time
-    log_interval: int = 10  # log loss, lr and speed every this many steps
+    log_interval: int = 10  # a log line (loss, lr, speed) every this many steps; metrics.jsonl gets every step
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
     keep_last: int = 1  # checkpoints kept besides `best`
@@ -203,6 +206,7 @@ class RunConfig:
     seed: int = 1337
     # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
     # brings its shape and tokenizer (rotary, QK-norm, ReLU² runs too); its weights come from init_from_checkpoint
+    # | <nanoGPT ckpt.pt or its out_dir>: its shape from model_args, its weights (docs/nanogpt.md)
     init_from: str = "scratch"
     init_from_checkpoint: str = "best"  # best | latest: which checkpoint of an init_from=<run dir> to start from
     resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
@@ -222,7 +226,8 @@ class SampleConfig:
     """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
 
     run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest
     start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
     num_samples: int = 3
@@ -237,10 +242,31 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve.py`: an OpenAI-compatible HTTP server over a run's checkpoint or an OpenAI GPT-2 (docs/serving.md)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to serve
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest
+    host: str = "127.0.0.1"  # the address to bind; another one without api_key is warned about
+    port: int = 8000
+    # Every request but the chat page itself needs `Authorization: Bearer <key>`; null: $NANOGPT_API_KEY if set
+    api_key: str | None = None
+    model_name: str | None = None  # the model id clients name; null: the run dir's name, or init_from
+    max_batch: int = 8  # sequences decoded together at most (a request with n choices takes n); the rest queue
+    max_queue: int = 64  # requests waiting for a slot at most; beyond it a request is refused with 503
+    max_tokens: int | None = None  # the largest max_tokens a request may ask; null: the model's block size
+    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    shutdown_timeout: float = 5.0  # seconds requests in flight get to finish after SIGTERM before being cancelled
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass
 class ExportConfig:
     """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
 
     run: str | None = None  # run dir to export
+    init_from: str | None = None  # or a nanoGPT checkpoint: its ckpt.pt or out_dir (out: <out_dir>/huggingface)
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint exports its latest
     out: str | None = None  # folder to write; None: <run dir>/huggingface
 
@@ -250,7 +276,8 @@ class EvalConfig:
     """`eval.py`: downstream accuracy of a run's checkpoint or a GPT-2, saved in <run>/eval/<checkpoint>.json."""
 
     run: str | None = None  # run dir whose checkpoint to evaluate
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint is evaluated at its latest
     tasks: list[str] = field(default_factory=list)  # our own tasks (nanogpt/eval/): hellaswag
     harness: list[str] = field(default_factory=list)  # lm-evaluation-harness task names or task YAML paths

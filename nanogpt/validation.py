@@ -4,6 +4,7 @@ describes. Each failure is a UserError naming the key and what to do."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from nanogpt.config import (
@@ -19,6 +20,7 @@ from nanogpt.config import (
     PrepareConfig,
     RunConfig,
     SampleConfig,
+    ServeConfig,
     TrainConfig,
 )
 from nanogpt.errors import UserError
@@ -51,10 +53,16 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, SampleConfig):
         _check_sample(cfg)
         _check_device(cfg.device)
+    elif isinstance(cfg, ServeConfig):
+        _check_serve(cfg)
+        _check_device(cfg.device)
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
     elif isinstance(cfg, ExportConfig):
-        _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
+        _check(
+            (cfg.run is None) != (cfg.init_from is None),
+            "give run=<run dir> (or init_from=<nanoGPT ckpt.pt>) to export (out=<folder>, else <run dir>/huggingface)",
+        )
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
 
 
@@ -110,6 +118,21 @@ def _check_sample(cfg: SampleConfig) -> None:
     _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
     _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
     _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
+
+
+def _check_serve(cfg: ServeConfig) -> None:
+    _check(
+        (cfg.run is None) != (cfg.init_from is None),
+        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
+    )
+    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+    _check(0 <= cfg.port <= 65535, f"port={cfg.port} must be in 0..65535 (0: any free port)")
+    _check(cfg.api_key is None or cfg.api_key.strip() != "", "api_key is empty: give a key, or leave it unset")
+    _check(cfg.max_batch > 0, f"max_batch={cfg.max_batch} must be > 0")
+    _check(cfg.max_queue >= 0, f"max_queue={cfg.max_queue} must be >= 0")
+    _check(cfg.max_tokens is None or cfg.max_tokens > 0, f"max_tokens={cfg.max_tokens} must be > 0 (or null)")
+    _check(cfg.max_body_bytes > 0, f"max_body_bytes={cfg.max_body_bytes} must be > 0")
+    _check(cfg.shutdown_timeout >= 0, f"shutdown_timeout={cfg.shutdown_timeout} must be >= 0")
 
 
 def _check_length(cfg: RunConfig) -> None:
@@ -218,6 +241,12 @@ def _check_device(d: DeviceConfig) -> None:
 
 
 def _check_data(d: DataConfig) -> None:
+    _check(
+        d.dir is None
+        or os.path.isfile(os.path.join(d.dir, "train.bin"))
+        or os.path.isfile(os.path.join(d.dir, "meta.json")),
+        f"data.dir={d.dir!r} holds no train.bin: give a prepared data folder (nanoGPT's data/<name>/, or one of ours)",
+    )
     _check(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r}: use char, gpt2 or bpe")
     if d.tokenizer != "bpe":
         _check(

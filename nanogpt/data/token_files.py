@@ -45,7 +45,7 @@ SPLITS = ("train", "val")
 
 
 def dataset_dir(data: DataConfig, data_dir: str) -> str:
-    return os.path.join(data_dir, data.name)
+    return data.dir or os.path.join(data_dir, data.name)
 
 
 def read_meta(path: str) -> dict:
@@ -55,6 +55,10 @@ def read_meta(path: str) -> dict:
         with open(meta_path) as f:
             meta = json.load(f)
     except FileNotFoundError:
+        from nanogpt.data import nanogpt_folder  # train.bin + val.bin (+ meta.pkl) as nanoGPT wrote them
+
+        if nanogpt_folder.is_folder(path):
+            return nanogpt_folder.read_meta(path)
         raise UserError(f"{path} is not prepared (no meta.json): run python prepare.py data=...") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is corrupt ({e}): prepare the data set again with force=true") from None
