@@ -185,7 +185,9 @@ class TasksConfig:
     """Downstream evaluation (`eval.*`), for run.py's in-loop tasks and eval.py alike."""
 
     hellaswag_file: str | None = None  # a local hellaswag_val.jsonl; None: downloaded once into <data_dir>/hellaswag/
-    chat_exact_file: str | None = None  # chat_exact's conversations (.jsonl); None: <data_dir>/chat_reverse/heldout.jsonl
+    chat_exact_file: str | None = (
+        None  # chat_exact's conversations (.jsonl); None: <data_dir>/chat_reverse/heldout.jsonl
+    )
     batch_size: int = 32  # sequences per forward; HellaSwag keeps an example's 4 endings in one forward
     max_gen_tokens: int = 256  # harness generation tasks: the most new tokens, unless the task sets max_gen_toks
 

@@ -62,7 +62,7 @@ def prepare_chat(data: DataConfig, out: str) -> str:
         files[f"{split}_mask.bin"] = mask.tobytes()
         answer_bytes[split] = _answer_bytes(tokenizer, tokens, mask)
         log.info(
-            "%s: %d conversations in %d rows of %d tokens, %.1f%% padding, %d cut to a row, %d dropped (no answer left)",
+            "%s: %d conversations in %d rows of %d tokens, %.1f%% padding, %d cut to a row, %d dropped (answer cut)",
             split, stats[split]["conversations"], len(tokens) // row, row, 100 * stats[split]["padding"],
             stats[split]["truncated"], stats[split]["dropped"],
         )  # fmt: skip

@@ -1,10 +1,11 @@
 """Synthetic conversations with exact answers, generated offline (`data.source=synthetic:<task>`): the data of the
 CPU demonstration that supervised finetuning teaches a model to answer (docs/chat.md).
 
-`reverse`: the user gives 3 lowercase letters separated by spaces, the assistant writes them in reverse
-order (`reversed: ...`: the same word before the letters on both sides, so each letter is the same token in the
-question and the answer). Every question is distinct, so the held-out questions (the val split, also written as heldout.jsonl for the
-`chat_exact` evaluation task) are never seen in training. Deterministic: the same conversations on every machine.
+`reverse`: the user gives 3 lowercase letters separated by spaces, the assistant writes them in reverse order
+(`reversed: ...`: a word before the letters on both sides, so each letter is the same token in the question and
+the answer). Every question is distinct, so the held-out questions (the val split, also written as heldout.jsonl
+for the `chat_exact` evaluation task) are never seen in training.
+Deterministic: the same conversations on every machine.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def conversations(source: str, n: int) -> list[list[dict]]:
     """`n` distinct conversations of the task `source` names (synthetic:<task>)."""
     task = source.removeprefix("synthetic:")
     if task not in TASKS:
-        raise UserError(f"data.source={source!r} is no synthetic task we have: use synthetic:{', synthetic:'.join(TASKS)}")
+        raise UserError(
+            f"data.source={source!r} is no synthetic task we have: use synthetic:{', synthetic:'.join(TASKS)}"
+        )
     rng = np.random.default_rng(SEED)
     letters = np.array(list(string.ascii_lowercase))
     seen: set[str] = set()

@@ -87,7 +87,10 @@ def score(scorer: Scorer, examples: list[Example]) -> TaskResult:
     dist = scorer.dist
     template = ChatTemplate.of(scorer.tokenizer)
     with evaluating(scorer.model):
-        mine = [answer(scorer, template, ex.messages).strip() == ex.answer.strip() for ex in examples[dist.rank :: dist.world_size]]
+        mine = [
+            answer(scorer, template, ex.messages).strip() == ex.answer.strip()
+            for ex in examples[dist.rank :: dist.world_size]
+        ]
     counts = torch.tensor([sum(mine), len(mine)], dtype=torch.long, device=scorer.device)
     if dist.enabled:
         torch.distributed.all_reduce(counts)
