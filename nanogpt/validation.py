@@ -10,6 +10,7 @@ from typing import Any
 from nanogpt.config import (
     ACTIVATIONS,
     BPE_MIN_VOCAB,
+    PRETRAINED,
     TOKENIZERS,
     DataConfig,
     DeviceConfig,
@@ -190,7 +191,10 @@ def _check_modern(cfg: RunConfig) -> None:
     )
     modern = m.non_gpt2_options() + ["tie_embeddings=false"] * (not m.tie_embeddings)
     modern += [f"{k}=true" for k in ("zero_init_proj", "zero_init_head") if getattr(m, k)]
-    if modern and cfg.init_from != "scratch" and not is_run_dir(cfg.init_from):
+    # A GPT-2 (a name or a Hugging Face folder) cannot hold them; a path that is not there yet is a run dir to come
+    # (a preset's documented two-step commands), refused by runs.py at start if it still is not there.
+    gpt2 = cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)
+    if modern and cfg.init_from != "scratch" and gpt2 and not is_run_dir(cfg.init_from):
         raise UserError(
             f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "
             "drop the model option or train from scratch"
