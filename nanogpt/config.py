@@ -133,6 +133,10 @@ class DeviceConfig:
     # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name
     # (nanogpt/device.py's table; no MFU where unknown). Set it for a GPU missing from the table.
     peak_tflops: float | None = None
+    # Intra-op CPU threads of each process; null: its share of the cores it may use (affinity, cgroup quota,
+    # SLURM_CPUS_PER_TASK) among the jobs run at once (parallel local jobs, DDP ranks per node), or
+    # OMP_NUM_THREADS where set (nanogpt/threads.py)
+    threads: int | None = None
 
 
 @dataclass
@@ -450,6 +454,7 @@ def _check_device(d: DeviceConfig) -> None:
         f"device.dtype={d.dtype!r}: use auto, float32, bfloat16 or float16",
     )
     _check(d.peak_tflops is None or d.peak_tflops > 0, f"device.peak_tflops={d.peak_tflops} must be > 0 (or null)")
+    _check(d.threads is None or d.threads >= 1, f"device.threads={d.threads} must be >= 1 (or null for a fair share)")
 
 
 def _check_data(d: DataConfig) -> None:
