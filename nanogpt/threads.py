@@ -88,7 +88,7 @@ def omp_num_threads(env: Mapping[str, str] = os.environ) -> int | None:
         return None
     first = value.split(",")[0].strip()
     if not first.isdigit() or int(first) < 1:
-        raise UserError(f"OMP_NUM_THREADS={value!r} is not a number of threads: set it to a positive integer or unset it")
+        raise UserError(f"OMP_NUM_THREADS={value!r} is not a number of threads: set a positive integer or unset it")
     return int(first)
 
 

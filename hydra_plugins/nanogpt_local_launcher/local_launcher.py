@@ -7,9 +7,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence  # noqa: UP035  OmegaConf reads typing's forms
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -27,7 +28,7 @@ POLL_S = 0.2  # how often the launcher looks for a finished job to start the nex
 class NanogptLocalConf(LocalQueueConf):
     _target_: str = "hydra_plugins.nanogpt_local_launcher.local_launcher.NanogptLocalLauncher"
     # jobs running at once; null: one per cpus_per_task x tasks_per_node of the cores this process may use
-    array_parallelism: Optional[int] = None
+    array_parallelism: int | None = None
     pin_cpus: bool = True  # each job running at once on its own cores (Linux); false: all jobs on all cores
 
 
@@ -38,7 +39,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="nanogpt_local", node=
 class Placement:
     """Where a job runs: its cores (None: unpinned), and the jobs and cores it shares the machine with."""
 
-    cpus: Optional[List[int]]
+    cpus: list[int] | None
     jobs: int
     cores: int
 
@@ -51,12 +52,12 @@ class NanogptLocalLauncher(LocalLauncher):
 
     def __call__(  # type: ignore[override]  # runs in the job's process
         self,
-        sweep_overrides: List[str],
+        sweep_overrides: list[str],
         job_dir_key: str,
         job_num: int,
         job_id: str,
-        singleton_state: Dict[type, Singleton],
-        placement: Optional[Placement] = None,
+        singleton_state: dict[type, Singleton],
+        placement: Placement | None = None,
     ) -> JobReturn:
         if placement is not None:
             os.environ[threads.PARALLEL_JOBS] = str(placement.jobs)
@@ -73,11 +74,12 @@ class NanogptLocalLauncher(LocalLauncher):
         executor.update_parameters(**{k: v for k, v in self.params.items() if k != "submitit_folder"})
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         slots = self._slots(len(job_overrides))
-        log.info("local launcher: %d jobs, %d at once, in %s", len(job_overrides), len(slots), self.config.hydra.sweep.dir)
+        sweep_dir = self.config.hydra.sweep.dir
+        log.info("local launcher: %d jobs, %d at once, in %s", len(job_overrides), len(slots), sweep_dir)
         pending = deque(enumerate(job_overrides))
         free = deque(slots)
-        running: Dict[int, Any] = {}
-        results: List[Any] = [None] * len(job_overrides)
+        running: dict[int, Any] = {}
+        results: list[Any] = [None] * len(job_overrides)
         while pending or running:
             while pending and free:
                 i, overrides = pending.popleft()
@@ -94,7 +96,7 @@ class NanogptLocalLauncher(LocalLauncher):
                     del running[i]
         return results
 
-    def _slots(self, n_jobs: int) -> List[Placement]:
+    def _slots(self, n_jobs: int) -> list[Placement]:
         """One placement per job running at once: its own cores where the platform can pin."""
         cores = threads.allowed_cores()
         per_job = (self.params.get("cpus_per_task") or 1) * self.params.get("tasks_per_node", 1)
