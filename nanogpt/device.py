@@ -172,8 +172,8 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     # it is slow, without flash attention; those GPUs train in fp16 with a grad scaler instead.
     cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if cfg.dtype == "auto":
-        # CPUs with bf16 dot products run bf16 matmuls 2.3x (Zen 4's AVX512-BF16) to ~6x (AMX) faster than fp32
-        # (docs/BENCHMARKS.md); CPUs without them emulate bf16, slower than fp32, and stay fp32.
+        # CPUs with bf16 dot products run bf16 matmuls faster than fp32 (docs/BENCHMARKS.md, `device.dtype=auto`
+        # on CPUs); CPUs without them emulate bf16, slower than fp32, and stay fp32.
         bf16_ok = cuda_bf16 if kind == "cuda" else kind == "cpu" and cpu_trains_faster_in_bf16()
         dtype = torch.bfloat16 if bf16_ok else (torch.float16 if kind == "cuda" else torch.float32)
     else:

@@ -15,6 +15,7 @@ from nanogpt import checkpoint
 from nanogpt import tokenizer as tok
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.errors import UserError
+from nanogpt.from_nanogpt import is_checkpoint as is_nanogpt_checkpoint
 from nanogpt.model import GPT
 from nanogpt.rundir import is_run_dir
 
@@ -46,7 +47,11 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
 
 
 def load_run(run_dir: str, which: str = "best") -> LoadedRun:
-    """The model and tokenizer of a run's `best` (else `latest`) checkpoint."""
+    """The model and tokenizer of a run's `best` (else `latest`) checkpoint, or of a nanoGPT checkpoint."""
+    if is_nanogpt_checkpoint(run_dir):
+        from nanogpt.from_nanogpt.checkpoint import load_run as load_nanogpt_run
+
+        return load_nanogpt_run(run_dir)
     ckpt = find_checkpoint(run_dir, which)
     info = checkpoint.load_info(ckpt)
     model = GPT(ModelConfig(**info["model"]))
@@ -87,10 +92,11 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
     # Here, not at the top: sampling and export load a run without the data modules (and what they import).
     from nanogpt.data.prepare import check_prepared_as_asked
-    from nanogpt.data.tokens import read_meta
+    from nanogpt.data.token_files import read_meta
 
     meta = read_meta(data_path)
-    check_prepared_as_asked(cfg.data, meta, data_path)
+    if not cfg.data.dir:  # a folder given as it is brings its own tokenizer
+        check_prepared_as_asked(cfg.data, meta, data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
         saved = ModelConfig(**info["model"])
@@ -103,6 +109,8 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
         model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
     elif is_run_dir(cfg.init_from):
         return _from_run(cfg, meta)
+    elif is_nanogpt_checkpoint(cfg.init_from):
+        return _from_nanogpt(cfg, meta, data_path)
     else:
         model = _from_pretrained(cfg, meta)
     info = {
@@ -147,11 +155,42 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
         model.crop_block_size(cfg.model.block_size)
     weights = os.path.join(ckpt, checkpoint.WEIGHTS)
     origin = {"run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(ckpt), "iter": info.get("iter")}
-    origin["sha256"] = _sha256(weights)
+    origin["sha256"] = file_sha256(weights)
     log.info(
         "init_from=%s: %s (iter %s, sha256 %s...), shape and tokenizer from that run",
         run_dir, ckpt, origin["iter"], origin["sha256"][:12],
     )  # fmt: skip
+    new_info = {
+        "model": dataclasses.asdict(model.config),
+        "tokenizer": meta["tokenizer"],
+        "data_vocab_size": meta["vocab_size"],
+        "init_from": origin,
+    }
+    return model, new_info
+
+
+def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """A nanoGPT checkpoint to finetune: its shape and weights; the data must speak its tokenizer."""
+    from nanogpt.from_nanogpt.checkpoint import load, tokenizer_of
+
+    ckpt = load(cfg.init_from)
+    chars = meta["tokenizer"].get("kind") == "char"
+    spec, vocab = tokenizer_of(ckpt, otherwise=(meta["tokenizer"], meta["vocab_size"]) if chars else None)
+    if spec != meta["tokenizer"] and spec["kind"] == "char":  # the lists of characters are too long to print
+        raise UserError(
+            f"the data at {data_path} has a vocabulary of {meta['vocab_size']} ({meta['tokenizer']['kind']}), "
+            f"but init_from={cfg.init_from} was trained on other characters ({vocab}): finetune on its own data "
+            "set (data.dir=<its nanoGPT data folder>)"
+        )
+    _check_tokenizer_extends(spec, meta, ckpt.model.vocab_size, cfg.init_from, cfg.data.name)
+    _warn_unused_shape(cfg.model, ckpt.model, cfg.init_from)
+    model = ckpt.build(dropout=cfg.model.dropout)
+    if cfg.model.block_size < ckpt.model.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    origin = {"nanogpt": os.path.abspath(ckpt.path), "iter": ckpt.iter_num, "sha256": file_sha256(ckpt.path)}
+    log.info(
+        "init_from=%s: nanoGPT's checkpoint at iter %d (sha256 %s...)", ckpt.path, ckpt.iter_num, origin["sha256"][:12]
+    )
     new_info = {
         "model": dataclasses.asdict(model.config),
         "tokenizer": meta["tokenizer"],
@@ -195,7 +234,7 @@ def _warn_unused_shape(asked: ModelConfig, saved: ModelConfig, run_dir: str) -> 
         )  # fmt: skip
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from nanogpt import optim
-from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig, validate
+from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig
 from nanogpt.errors import UserError
 from nanogpt.sweeps import budgets
+from nanogpt.validation import validate
 from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 # ---- FLOPs accounting ----

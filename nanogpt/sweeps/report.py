@@ -230,6 +230,10 @@ def write_report(sweep_dir: str) -> list[str]:
         )
         lines += scaling_lines
         written += plots
+    from nanogpt.sweeps import study  # the Optuna study's section, when the sweep was one (optuna imported only then)
+
+    study_lines, study_files = study.report(sweep_dir)
+    lines, written = lines + study_lines, written + study_files
     written.insert(0, _write(os.path.join(sweep_dir, "report.md"), "\n".join(lines) + "\n"))
     return written
 
