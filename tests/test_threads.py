@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from nanogpt import threads
+from nanogpt.config import DeviceConfig, RunConfig
 from nanogpt.errors import UserError
+from nanogpt.validation import validate
 from tests.helpers import REPO, TINY, process_env, run_command, run_dirs, the_sweep
 
 
@@ -102,3 +104,9 @@ def test_parallel_local_jobs_get_one_thread_each_unless_told(tmp_path, char_data
         env={**env, "OMP_NUM_THREADS": "2"},
     )
     assert "threads: 2 (OMP_NUM_THREADS=2) of " in _threads_line(run_dirs(single, "default")[-1])
+
+
+def test_device_threads_must_be_positive_and_the_suite_runs_one_thread():
+    with pytest.raises(UserError, match=r"device.threads=0 must be >= 1"):
+        validate(RunConfig(device=DeviceConfig(threads=0)))
+    assert torch.get_num_threads() == 1  # conftest's OMP_NUM_THREADS=1: xdist workers do not oversubscribe
