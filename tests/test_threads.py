@@ -14,7 +14,7 @@ from nanogpt import threads
 from nanogpt.config import DeviceConfig, RunConfig
 from nanogpt.errors import UserError
 from nanogpt.validation import validate
-from tests.helpers import REPO, TINY, process_env, run_command, run_dirs, the_sweep
+from tests.helpers import REPO, TINY, assert_runs_agree, process_env, run_command, run_dirs, the_sweep, train
 
 
 def test_share_is_the_cores_over_the_jobs_and_explicit_settings_win():
@@ -110,3 +110,9 @@ def test_device_threads_must_be_positive_and_the_suite_runs_one_thread():
     with pytest.raises(UserError, match=r"device.threads=0 must be >= 1"):
         validate(RunConfig(device=DeviceConfig(threads=0)))
     assert torch.get_num_threads() == 1  # conftest's OMP_NUM_THREADS=1: xdist workers do not oversubscribe
+
+
+def test_losses_do_not_depend_on_the_threads_beyond_float_order(tmp_path, char_data):
+    one = train(tmp_path / "one", char_data, "train.max_iters=6", "device.threads=1")
+    two = train(tmp_path / "two", char_data, "train.max_iters=6", "device.threads=2")
+    assert_runs_agree(one, two, tol=1e-4)
