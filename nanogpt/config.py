@@ -138,6 +138,10 @@ class DeviceConfig:
     # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name
     # (nanogpt/device.py's table; no MFU where unknown). Set it for a GPU missing from the table.
     peak_tflops: float | None = None
+    # Intra-op CPU threads of each process; null: its share of the cores it may use (affinity, cgroup quota,
+    # SLURM_CPUS_PER_TASK) among the jobs run at once (parallel local jobs, DDP ranks per node), or
+    # OMP_NUM_THREADS where set (nanogpt/threads.py)
+    threads: int | None = None
 
 
 @dataclass

@@ -151,8 +151,6 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
     _warn_unused_shape(cfg.model, saved, run_dir)
     model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
     checkpoint.load_weights(model, ckpt)
-    if cfg.model.block_size < saved.block_size:
-        model.crop_block_size(cfg.model.block_size)
     weights = os.path.join(ckpt, checkpoint.WEIGHTS)
     origin = {"run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(ckpt), "iter": info.get("iter")}
     origin["sha256"] = file_sha256(weights)
@@ -160,13 +158,20 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
         "init_from=%s: %s (iter %s, sha256 %s...), shape and tokenizer from that run",
         run_dir, ckpt, origin["iter"], origin["sha256"][:12],
     )  # fmt: skip
-    new_info = {
+    return _finetuned(model, cfg, meta, origin)
+
+
+def _finetuned(model: GPT, cfg: RunConfig, meta: dict, origin: dict) -> tuple[GPT, dict[str, Any]]:
+    """A model another run trained, cropped to this run's context, and the facts this run's checkpoints record."""
+    if cfg.model.block_size < model.config.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    info = {
         "model": dataclasses.asdict(model.config),
         "tokenizer": meta["tokenizer"],
         "data_vocab_size": meta["vocab_size"],
         "init_from": origin,
     }
-    return model, new_info
+    return model, info
 
 
 def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
@@ -185,19 +190,11 @@ def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict
     _check_tokenizer_extends(spec, meta, ckpt.model.vocab_size, cfg.init_from, cfg.data.name)
     _warn_unused_shape(cfg.model, ckpt.model, cfg.init_from)
     model = ckpt.build(dropout=cfg.model.dropout)
-    if cfg.model.block_size < ckpt.model.block_size:
-        model.crop_block_size(cfg.model.block_size)
     origin = {"nanogpt": os.path.abspath(ckpt.path), "iter": ckpt.iter_num, "sha256": file_sha256(ckpt.path)}
     log.info(
         "init_from=%s: nanoGPT's checkpoint at iter %d (sha256 %s...)", ckpt.path, ckpt.iter_num, origin["sha256"][:12]
     )
-    new_info = {
-        "model": dataclasses.asdict(model.config),
-        "tokenizer": meta["tokenizer"],
-        "data_vocab_size": meta["vocab_size"],
-        "init_from": origin,
-    }
-    return model, new_info
+    return _finetuned(model, cfg, meta, origin)
 
 
 def _check_tokenizer_extends(run_tok: dict, meta: dict, model_vocab: int, run_dir: str, data_name: str) -> None:

@@ -89,6 +89,10 @@ def build(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devic
         raise UserError(
             f"train.grad_accum={train_cfg.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
+    if dist.is_main and precision.threads is not None:
+        log.info(precision.threads.describe())
+        if precision.threads.busy:
+            log.warning(precision.threads.busy)
     data_path = _prepared_data(cfg, dist, precision.device)
     # The run's shape and length (model.depth, a compute budget), once the data's vocabulary is known.
     cfg, plan = budgets.resolve(cfg, read_meta(data_path)["vocab_size"])

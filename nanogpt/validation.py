@@ -242,6 +242,7 @@ def _check_device(d: DeviceConfig) -> None:
         f"device.dtype={d.dtype!r}: use auto, float32, bfloat16 or float16",
     )
     _check(d.peak_tflops is None or d.peak_tflops > 0, f"device.peak_tflops={d.peak_tflops} must be > 0 (or null)")
+    _check(d.threads is None or d.threads >= 1, f"device.threads={d.threads} must be >= 1 (or null for a fair share)")
 
 
 def _check_data(d: DataConfig) -> None:
