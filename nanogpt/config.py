@@ -185,6 +185,20 @@ class TasksConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """What a finetune trains (`conf/finetune/`): every weight, or low-rank adapters over frozen ones (LoRA, through
+    peft: nanogpt/lora.py). LoRA's checkpoints hold only the adapters and a sha256-checked pointer to the base."""
+
+    method: str = "full"  # full | lora
+    rank: int = 8  # lora: the rank r of each adapter's update B @ A
+    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    dropout: float = 0.0  # lora: dropout on an adapter's input (the frozen path has none)
+    # lora: the linear layers to adapt, by module name: c_attn (q, k, v), c_proj (attention's and the MLP's output
+    # projections), c_fc (the MLP's input), lm_head
+    targets: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+
+@dataclass
 class RunConfig:
     """`run.py`: train, finetune or evaluate a model."""
 
@@ -196,6 +210,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: TasksConfig = field(default_factory=TasksConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
     seed: int = 1337
     # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
@@ -277,6 +292,7 @@ def validate(cfg: Any) -> None:
         _check_device(cfg.device)
         _check_data(cfg.data)
         _check_tasks(cfg)
+        _check_finetune(cfg)
         _check(
             cfg.init_from_checkpoint in ("best", "latest"),
             f"init_from_checkpoint={cfg.init_from_checkpoint!r}: use best or latest",
@@ -291,6 +307,26 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, ExportConfig):
         _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+
+
+def _check_finetune(cfg: RunConfig) -> None:
+    """LoRA's settings; whether its targets exist is for the model to say (nanogpt/lora.py)."""
+    f = cfg.finetune
+    _check(f.method in ("full", "lora"), f"finetune.method={f.method!r}: use full or lora (finetune=lora)")
+    if f.method == "full":
+        return
+    _check(f.rank > 0, f"finetune.rank={f.rank} must be > 0")
+    _check(f.alpha > 0, f"finetune.alpha={f.alpha} must be > 0")
+    _check(0.0 <= f.dropout < 1.0, f"finetune.dropout={f.dropout} must be in [0, 1)")
+    _check(bool(f.targets), "finetune.targets=[] adapts nothing: give some of c_attn, c_proj, c_fc, lm_head")
+    _check(
+        cfg.init_from != "scratch",
+        "finetune=lora trains adapters over a trained model: give init_from=<run dir | gpt2... | Hugging Face dir>",
+    )
+    _check(
+        cfg.train.parallel == "ddp",
+        "finetune=lora keeps the base weights frozen and whole on every process: use train.parallel=ddp",
+    )
 
 
 def _check_model(m: ModelConfig) -> None:

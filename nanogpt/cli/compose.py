@@ -15,7 +15,7 @@ from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, S
 from nanogpt.errors import UserError
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
-GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
+GROUPS = ("model", "data", "optim", "device", "logger", "finetune", "experiment")
 
 # Each entry point's conf/<name>.yaml starts from one of these (its defaults list names it).
 SCHEMAS = {
