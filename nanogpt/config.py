@@ -230,7 +230,20 @@ class PrepareConfig:
 
 
 @dataclass
-class SampleConfig:
+class SamplingConfig:
+    """How tokens are drawn, for `sample.py` and `chat.py` alike (each entry point's schema extends it)."""
+
+    max_new_tokens: int = 500  # chat.py: the most tokens of one reply
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # keep only the k likeliest tokens; None: all
+    top_p: float | None = None  # nucleus sampling: keep the smallest set with this much probability
+    seed: int = 1337
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class SampleConfig(SamplingConfig):
     """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
 
     run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
@@ -238,14 +251,17 @@ class SampleConfig:
     checkpoint: str = "best"  # best | latest
     start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
     num_samples: int = 3
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = None  # keep only the k likeliest tokens; None: all
-    top_p: float | None = None  # nucleus sampling: keep the smallest set with this much probability
     stop: str | None = None  # stop a sample when this text is generated (e.g. "<|endoftext|>")
-    seed: int = 1337
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class ChatConfig(SamplingConfig):
+    """`chat.py`: a multi-turn conversation in the terminal with a chat run (one finetuned on conversations)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to chat with; a LoRA run's base + adapter
+    checkpoint: str = "best"  # best | latest
+    system: str | None = None  # a system message to start the conversation with (`/system <text>` changes it)
+    prompt: str | None = None  # answer this one message, print the reply and exit (for scripts); None: the REPL
 
 
 @dataclass
@@ -301,6 +317,12 @@ def validate(cfg: Any) -> None:
         _check_data(cfg.data)
     elif isinstance(cfg, SampleConfig):
         _check_sample(cfg)
+        _check_device(cfg.device)
+    elif isinstance(cfg, ChatConfig):
+        _check(cfg.run is not None, "give run=<run dir> to chat with (a run finetuned on conversations)")
+        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+        _check(cfg.prompt is None or bool(cfg.prompt.strip()), "prompt is empty: give prompt='your message'")
+        _check_sampling(cfg)
         _check_device(cfg.device)
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
@@ -377,6 +399,10 @@ def _check_sample(cfg: SampleConfig) -> None:
     )
     _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
     _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
+    _check_sampling(cfg)
+
+
+def _check_sampling(cfg: SamplingConfig) -> None:
     _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
     _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
     _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")

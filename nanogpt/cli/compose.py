@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
+from nanogpt.config import ChatConfig, EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
 from nanogpt.errors import UserError
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
@@ -24,6 +24,7 @@ SCHEMAS = {
     "sample_schema": SampleConfig,
     "export_schema": ExportConfig,
     "eval_schema": EvalConfig,
+    "chat_schema": ChatConfig,
 }
 
 
