@@ -212,6 +212,7 @@ def _save_gpt2_tokenizer(out_dir: str, chat: dict[str, int]) -> None:
     if chat:
         _add_chat_template(fast, chat)
     fast.save_pretrained(out_dir)
+    _update_tokenizer_config(out_dir, {}, chat)
 
 
 def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size: int, chat: dict[str, int]) -> None:
@@ -231,9 +232,17 @@ def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size:
         _add_chat_template(fast, chat)
     fast.save_pretrained(out_dir)
     # transformers 5 names the class TokenizersBackend, which 4.x does not know; both load this name.
+    _update_tokenizer_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"}, chat)
+
+
+def _update_tokenizer_config(out_dir: str, keys: dict, chat: dict[str, int]) -> None:
+    """tokenizer_config.json with `keys` set, and a chat run's `chat_template`: transformers 5 saves the template
+    as chat_template.jinja only, which transformers 4 before 4.43 does not read; both read it here."""
+    from nanogpt.chat.template import JINJA
+
     path = os.path.join(out_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.update(keys, **({"chat_template": JINJA} if chat else {}))
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
