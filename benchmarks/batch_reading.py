@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nanogpt.data import llmc  # noqa: E402
+from nanogpt.data import llmc_shards as llmc  # noqa: E402
 from nanogpt.data.batches import Batches  # noqa: E402
 
 MICRO = 200  # micro-batches per timing

@@ -31,7 +31,7 @@ import numpy as np
 from common import ENV, REPO, prepare_char, read_metrics  # benchmarks/ is on sys.path when this file runs as a script
 from omegaconf import OmegaConf
 
-from nanogpt.data.tokens import finish_dataset
+from nanogpt.data.token_files import finish_dataset
 
 STEP_TOKENS = 12 * 1024 * 40  # nanoGPT's GPT-2 step: 491,520 tokens
 # --smoke: the shakespeare_char recipe sets its model and loop in full, so shrink them back for a CPU check.

@@ -44,7 +44,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NANOGPT_OFFLINE": "1"
 _OURS = """
 import json, resource, sys, time
 from nanogpt.config import DataConfig
-from nanogpt.data.hf import prepare_hf_dataset
+from nanogpt.data.documents import prepare_hf_dataset
 
 def cpu():  # this process and its pool workers, once they have exited
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

@@ -29,7 +29,7 @@ def bytes_per_token(text_bytes: dict[str, int], tokens: dict[str, int]) -> dict[
 def bits_per_byte(losses: dict[str, float], meta: dict) -> dict[str, float]:
     """`{split}_bpb` for each split loss (nats per token) whose data set recorded its bytes per token; data sets
     prepared before bytes were recorded (and pre-tokenized shards, which come without their text) give none. A
-    streamed set records one figure for both splits (nanogpt/data/writer.py)."""
+    streamed set records one figure for both splits (nanogpt/data/shard_writer.py)."""
     bpt = meta.get("bytes_per_token") or {}
     if isinstance(bpt, (int, float)):
         bpt = dict.fromkeys(losses, bpt)

@@ -9,9 +9,9 @@ merges the most frequent adjacent pair again and again within pieces until the v
 `tokenizer.json` (tokenizers' own format) is the definition: it is what `prepare.py` saves beside the token
 files, what a run dir carries and what `export.py` hands to transformers. Encoding runs on tiktoken, built from
 the same vocabulary with each token's id as its merge rank: tokenizers' trainer numbers tokens in the order it
-creates them, so both apply the same merges in the same order. tiktoken encodes 8-10x faster than tokenizers
-(benchmarks/tokenizer_speed.py), and tests check both give the same ids, and that transformers' AutoTokenizer
-reading the exported file does too.
+creates them, so both apply the same merges in the same order. tiktoken encodes much faster than tokenizers
+(benchmarks/tokenizer_speed.py; docs/BENCHMARKS.md), and tests check both give the same ids, and that
+transformers' AutoTokenizer reading the exported file does too.
 
 Training is deterministic: the trainer breaks ties between equally frequent pairs by their ids, the initial
 alphabet is sorted, and counts are summed, whatever the number of threads or the hash seed.

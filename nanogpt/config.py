@@ -1,19 +1,14 @@
 """Typed configuration: every field of every config group is defined and documented here, once.
 
 The YAML files in `conf/` only set values; Hydra merges them into these dataclasses (nanogpt/cli/, the Hydra
-boundary), so an unknown key or a value of the wrong type is rejected with the key named. `validate()` adds the
-checks types cannot express. This module imports neither Hydra nor OmegaConf: the rest of the package takes
-these objects and never touches Hydra.
+boundary), so an unknown key or a value of the wrong type is rejected with the key named; nanogpt/validation.py
+adds the checks types cannot express. This module imports neither Hydra nor OmegaConf: the rest of the package
+takes these objects and never touches Hydra.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
-
-from nanogpt.errors import UserError
-from nanogpt.rundir import is_run_dir
 
 MISSING = "???"  # OmegaConf's marker for a value that must be given
 
@@ -70,6 +65,9 @@ class DataConfig:
     """A token data set (`conf/data/`): where its text comes from and how it is tokenized."""
 
     name: str = MISSING  # folder under paths.data_dir holding train.bin, val.bin, meta.json
+    # Or a prepared folder used where it lies, with its own tokenizer: ours, or nanoGPT's data/<name>/ (train.bin,
+    # val.bin as uint16, meta.pkl for characters, none for GPT-2's BPE; nanogpt/data/nanogpt_folder.py)
+    dir: str | None = None
     tokenizer: str = "char"  # char | gpt2 | bpe (a byte-level BPE trained on this data set's train split)
     vocab_size: int | None = None  # bpe: tokens to train (256 bytes + merges + <|endoftext|>); e.g. 4096
     bpe_pattern: str = GPT2_PATTERN  # bpe: the regex cutting text into pieces that merges never cross
@@ -80,7 +78,7 @@ class DataConfig:
     text_column: str = "text"  # column holding the documents in a Hugging Face dataset
     val_fraction: float = 0.1  # share of the text held out for validation
     num_proc: int | None = None  # worker processes (threads when streaming) for tokenizing; None: all cores
-    # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, tokens.py):
+    # Data sets too large for one pass in memory or one download (nanogpt/data/stream.py, token_files.py):
     streaming: bool = False  # read data.dataset as a stream, tokenized as it arrives into shards; resumable
     val_tokens: int = 100_000_000  # streaming: the stream's first this-many tokens are val (as llm.c's val shard)
     max_tokens: int | None = None  # streaming: stop after this many training tokens; None: the whole stream
@@ -133,6 +131,10 @@ class DeviceConfig:
     # One device's peak dense TFLOP/s in the training dtype, for MFU; null: looked up from the GPU's name
     # (nanogpt/device.py's table; no MFU where unknown). Set it for a GPU missing from the table.
     peak_tflops: float | None = None
+    # Intra-op CPU threads of each process; null: its share of the cores it may use (affinity, cgroup quota,
+    # SLURM_CPUS_PER_TASK) among the jobs run at once (parallel local jobs, DDP ranks per node), or
+    # OMP_NUM_THREADS where set (nanogpt/threads.py)
+    threads: int | None = None
 
 
 @dataclass
@@ -158,7 +160,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
     eval_iters: int = 200  # batches per split in each evaluation, the same batches every time
-    log_interval: int = 10  # log loss, lr and speed every this many steps
+    log_interval: int = 10  # a log line (loss, lr, speed) every this many steps; metrics.jsonl gets every step
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save `latest` at every evaluation, not only when val improves
     keep_last: int = 1  # checkpoints kept besides `best`
@@ -215,6 +217,7 @@ class RunConfig:
     seed: int = 1337
     # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
     # brings its shape and tokenizer (rotary, QK-norm, ReLU² runs too); its weights come from init_from_checkpoint
+    # | <nanoGPT ckpt.pt or its out_dir>: its shape from model_args, its weights (docs/nanogpt.md)
     init_from: str = "scratch"
     init_from_checkpoint: str = "best"  # best | latest: which checkpoint of an init_from=<run dir> to start from
     resume: str | None = None  # a run dir: continue that run from its latest checkpoint, with its config
@@ -247,7 +250,8 @@ class SampleConfig(SamplingConfig):
     """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
 
     run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest
     start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
     num_samples: int = 3
@@ -265,10 +269,31 @@ class ChatConfig(SamplingConfig):
 
 
 @dataclass
+class ServeConfig:
+    """`serve.py`: an OpenAI-compatible HTTP server over a run's checkpoint or an OpenAI GPT-2 (docs/serving.md)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to serve
+    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    checkpoint: str = "best"  # best | latest
+    host: str = "127.0.0.1"  # the address to bind; another one without api_key is warned about
+    port: int = 8000
+    # Every request but the chat page itself needs `Authorization: Bearer <key>`; null: $NANOGPT_API_KEY if set
+    api_key: str | None = None
+    model_name: str | None = None  # the model id clients name; null: the run dir's name, or init_from
+    max_batch: int = 8  # sequences decoded together at most (a request with n choices takes n); the rest queue
+    max_queue: int = 64  # requests waiting for a slot at most; beyond it a request is refused with 503
+    max_tokens: int | None = None  # the largest max_tokens a request may ask; null: the model's block size
+    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    shutdown_timeout: float = 5.0  # seconds requests in flight get to finish after SIGTERM before being cancelled
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass
 class ExportConfig:
     """`export.py`: write a run's checkpoint as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
 
     run: str | None = None  # run dir to export
+    init_from: str | None = None  # or a nanoGPT checkpoint: its ckpt.pt or out_dir (out: <out_dir>/huggingface)
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint exports its latest
     out: str | None = None  # folder to write; None: <run dir>/huggingface
 
@@ -278,7 +303,8 @@ class EvalConfig:
     """`eval.py`: downstream accuracy of a run's checkpoint or a GPT-2, saved in <run>/eval/<checkpoint>.json."""
 
     run: str | None = None  # run dir whose checkpoint to evaluate
-    init_from: str | None = None  # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir>
+    # or a pretrained model: gpt2 | gpt2-medium | ... | <Hugging Face dir> | <nanoGPT ckpt.pt or its out_dir>
+    init_from: str | None = None
     checkpoint: str = "best"  # best | latest; a run without a best checkpoint is evaluated at its latest
     tasks: list[str] = field(default_factory=list)  # our own tasks (nanogpt/eval/): hellaswag
     harness: list[str] = field(default_factory=list)  # lm-evaluation-harness task names or task YAML paths
@@ -289,277 +315,3 @@ class EvalConfig:
     eval: TasksConfig = field(default_factory=TasksConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def validate(cfg: Any) -> None:
-    """Range checks that types cannot express; each failure names the key and what to do."""
-    if isinstance(cfg, RunConfig):
-        _check_model(cfg.model)
-        _check_modern(cfg)
-        _check_length(cfg)
-        _check_train(cfg.train, cfg.optim)
-        _check_optim(cfg.optim)
-        _check(cfg.logger.name in ("none", "wandb"), f"logger.name={cfg.logger.name!r}: use none or wandb")
-        _check_device(cfg.device)
-        _check_data(cfg.data)
-        _check_tasks(cfg)
-        _check_finetune(cfg)
-        _check(
-            cfg.init_from_checkpoint in ("best", "latest"),
-            f"init_from_checkpoint={cfg.init_from_checkpoint!r}: use best or latest",
-        )
-    elif isinstance(cfg, PrepareConfig):
-        _check_data(cfg.data)
-    elif isinstance(cfg, SampleConfig):
-        _check_sample(cfg)
-        _check_device(cfg.device)
-    elif isinstance(cfg, ChatConfig):
-        _check(cfg.run is not None, "give run=<run dir> to chat with (a run finetuned on conversations)")
-        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
-        _check(cfg.prompt is None or bool(cfg.prompt.strip()), "prompt is empty: give prompt='your message'")
-        _check_sampling(cfg)
-        _check_device(cfg.device)
-    elif isinstance(cfg, EvalConfig):
-        _check_tasks(cfg)
-    elif isinstance(cfg, ExportConfig):
-        _check(cfg.run is not None, "give run=<run dir> to export (out=<folder>, else <run dir>/huggingface)")
-        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
-
-
-def _check_finetune(cfg: RunConfig) -> None:
-    """LoRA's settings; whether its targets exist is for the model to say (nanogpt/lora.py)."""
-    f = cfg.finetune
-    _check(f.method in ("full", "lora"), f"finetune.method={f.method!r}: use full or lora (finetune=lora)")
-    if f.method == "full":
-        return
-    _check(f.rank > 0, f"finetune.rank={f.rank} must be > 0")
-    _check(f.alpha > 0, f"finetune.alpha={f.alpha} must be > 0")
-    _check(0.0 <= f.dropout < 1.0, f"finetune.dropout={f.dropout} must be in [0, 1)")
-    _check(bool(f.targets), "finetune.targets=[] adapts nothing: give some of c_attn, c_proj, c_fc, lm_head")
-    _check(
-        cfg.init_from != "scratch",
-        "finetune=lora trains adapters over a trained model: give init_from=<run dir | gpt2... | Hugging Face dir>",
-    )
-    _check(
-        cfg.train.parallel == "ddp",
-        "finetune=lora keeps the base weights frozen and whole on every process: use train.parallel=ddp",
-    )
-
-
-def _check_model(m: ModelConfig) -> None:
-    _check(m.n_layer > 0, f"model.n_layer={m.n_layer} must be > 0")
-    _check(m.n_head > 0, f"model.n_head={m.n_head} must be > 0")
-    _check(
-        m.n_embd > 0 and m.n_embd % m.n_head == 0,
-        f"model.n_embd={m.n_embd} must be a positive multiple of model.n_head={m.n_head}",
-    )
-    _check(m.block_size > 0, f"model.block_size={m.block_size} must be > 0")
-    _check(m.vocab_size is None or m.vocab_size > 0, f"model.vocab_size={m.vocab_size} must be > 0")
-    _check(m.pad_vocab_multiple > 0, f"model.pad_vocab_multiple={m.pad_vocab_multiple} must be > 0")
-    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-
-
-def _check_train(t: TrainConfig, o: OptimConfig) -> None:
-    _check(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
-    _check(t.grad_accum > 0, f"train.grad_accum={t.grad_accum} must be > 0")
-    _check(t.eval_interval > 0, f"train.eval_interval={t.eval_interval} must be > 0")
-    _check(t.eval_iters > 0, f"train.eval_iters={t.eval_iters} must be > 0")
-    _check(t.log_interval > 0, f"train.log_interval={t.log_interval} must be > 0")
-    _check(t.keep_last >= 1, f"train.keep_last={t.keep_last} must be >= 1")
-    _check(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}: use ddp or fsdp")
-    _check(
-        not (t.parallel == "fsdp" and o.name == "muon"),
-        "optim.name=muon orthogonalises whole matrices, which FSDP shards: use train.parallel=ddp with Muon",
-    )
-
-
-def _check_optim(o: OptimConfig) -> None:
-    _check(o.name in ("adamw", "muon"), f"optim.name={o.name!r} is not an optimizer we have: use adamw or muon")
-    _check(o.lr >= 0, f"optim.lr={o.lr} must be >= 0")
-    _check(0 <= o.min_lr <= max(o.lr, 0), f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
-    _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
-    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2={o.beta1}/{o.beta2} must be in [0, 1)")
-    _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-    _check(o.warmup_iters >= 0, f"optim.warmup_iters={o.warmup_iters} must be >= 0")
-    _check(
-        o.lr_decay_iters is None or o.lr_decay_iters >= o.warmup_iters,
-        f"optim.lr_decay_iters={o.lr_decay_iters} must be >= optim.warmup_iters={o.warmup_iters}",
-    )
-
-
-def _check_sample(cfg: SampleConfig) -> None:
-    _check(
-        (cfg.run is None) != (cfg.init_from is None),
-        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
-    )
-    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
-    _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
-    _check_sampling(cfg)
-
-
-def _check_sampling(cfg: SamplingConfig) -> None:
-    _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
-    _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
-    _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")
-    _check(cfg.top_p is None or 0 < cfg.top_p <= 1, f"top_p={cfg.top_p} must be in (0, 1]")
-
-
-def _check_length(cfg: RunConfig) -> None:
-    """The depth dial and the run's length: max_iters or one budget (nanogpt/sweeps/budgets.py derives the rest)."""
-    m, t = cfg.model, cfg.train
-    _check(m.aspect_ratio > 0, f"model.aspect_ratio={m.aspect_ratio} must be > 0")
-    _check(m.head_dim > 0, f"model.head_dim={m.head_dim} must be > 0")
-    if m.depth is not None:
-        width = m.depth * m.aspect_ratio
-        _check(m.depth > 0, f"model.depth={m.depth} must be > 0")
-        if width % m.head_dim:
-            step = m.head_dim // math.gcd(m.aspect_ratio, m.head_dim)  # depths giving whole heads: its multiples
-            raise UserError(
-                f"model.depth={m.depth} gives a width of {m.depth} x model.aspect_ratio={m.aspect_ratio} = {width}, "
-                f"not a multiple of model.head_dim={m.head_dim}: use a depth that is a multiple of {step} "
-                f"(or an aspect_ratio that is a multiple of {m.head_dim})"
-            )
-        _check(
-            cfg.init_from == "scratch",
-            f"model.depth sets the shape, but init_from={cfg.init_from} brings its own: drop model.depth",
-        )
-    _check(t.max_iters is None or t.max_iters >= 0, f"train.max_iters={t.max_iters} must be >= 0")
-    budgets = [(f"train.{k}={v:g}", v) for k in ("flops_budget", "tokens_budget") if (v := getattr(t, k)) is not None]
-    if not budgets:
-        return
-    name = budgets[0][0]
-    for named, value in budgets:
-        _check(value > 0, f"{named} must be > 0")
-    if len(budgets) > 1:
-        raise UserError(f"{name} and {budgets[1][0]} both set the run's length: keep one")
-    _check(
-        t.max_iters is None,
-        f"train.max_iters={t.max_iters} and {name} both set the run's length: keep one "
-        "(train.max_iters=null lets the budget decide)",
-    )
-    _check(
-        cfg.init_from == "scratch",
-        f"{name} sizes a run trained from scratch, but init_from={cfg.init_from}: set train.max_iters to finetune",
-    )
-
-
-def _check_modern(cfg: RunConfig) -> None:
-    """The modern model options and Muon's settings."""
-    m, o = cfg.model, cfg.optim
-    _check(m.activation in ACTIVATIONS, f"model.activation={m.activation!r}: use {', '.join(ACTIVATIONS)}")
-    head_dim = m.head_dim if m.depth is not None else m.n_embd // max(m.n_head, 1)
-    _check(
-        not m.rotary or head_dim % 2 == 0,
-        f"model.rotary=true needs an even head size; it is {head_dim}: change model.n_embd, n_head or head_dim",
-    )
-    _check(m.rope_base > 0, f"model.rope_base={m.rope_base} must be > 0")
-    _check(
-        not (m.zero_init_head and m.tie_embeddings),
-        "model.zero_init_head=true would zero the tied token embedding too: also set model.tie_embeddings=false",
-    )
-    modern = m.non_gpt2_options() + ["tie_embeddings=false"] * (not m.tie_embeddings)
-    modern += [f"{k}=true" for k in ("zero_init_proj", "zero_init_head") if getattr(m, k)]
-    if modern and cfg.init_from != "scratch" and not is_run_dir(cfg.init_from):
-        raise UserError(
-            f"model.{modern[0]} changes GPT-2's architecture, so init_from={cfg.init_from} cannot load into it: "
-            "drop the model option or train from scratch"
-        )
-    _check(o.muon_lr >= 0, f"optim.muon_lr={o.muon_lr} must be >= 0")
-    _check(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must be in [0, 1)")
-    _check(o.muon_weight_decay >= 0, f"optim.muon_weight_decay={o.muon_weight_decay} must be >= 0")
-    _check(1 <= o.muon_ns_steps < 100, f"optim.muon_ns_steps={o.muon_ns_steps} must be in [1, 99]")
-
-
-def _check_tasks(cfg: RunConfig | EvalConfig) -> None:
-    """Downstream evaluation settings: task names against the registry, sizes in range."""
-    from nanogpt.eval import check_task_names  # no torch: the registry names modules, imported when run
-
-    e = cfg.eval
-    _check(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
-    _check(e.max_gen_tokens >= 1, f"eval.max_gen_tokens={e.max_gen_tokens} must be >= 1")
-    if isinstance(cfg, RunConfig):
-        t = cfg.train
-        check_task_names(t.eval_tasks, "train.eval_tasks")
-        for key in ("eval_tasks_interval", "eval_tasks_limit"):
-            value = getattr(t, key)
-            _check(value is None or value > 0, f"train.{key}={value} must be > 0 (or null)")
-        return
-    _check(
-        (cfg.run is None) != (cfg.init_from is None),
-        "give exactly one of run=<run dir> or init_from=<gpt2|gpt2-medium|gpt2-large|gpt2-xl|dir>",
-    )
-    _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
-    _check(bool(cfg.tasks or cfg.harness), "nothing to evaluate: give tasks=[hellaswag] and/or harness=[<task>,...]")
-    check_task_names(cfg.tasks, "tasks")
-    _check(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be > 0 (or null for all)")
-    _check(cfg.num_fewshot is None or cfg.num_fewshot >= 0, f"num_fewshot={cfg.num_fewshot} must be >= 0")
-    _check_device(cfg.device)
-
-
-def _check_device(d: DeviceConfig) -> None:
-    kinds = ("auto", "cpu", "cuda", "mps")
-    _check(
-        d.device.split(":")[0] in kinds,
-        f"device.device={d.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps",
-    )
-    _check(
-        d.dtype in ("auto", "float32", "bfloat16", "float16"),
-        f"device.dtype={d.dtype!r}: use auto, float32, bfloat16 or float16",
-    )
-    _check(d.peak_tflops is None or d.peak_tflops > 0, f"device.peak_tflops={d.peak_tflops} must be > 0 (or null)")
-
-
-def _check_data(d: DataConfig) -> None:
-    _check(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r}: use char, gpt2 or bpe")
-    if d.tokenizer != "bpe":
-        _check(
-            d.vocab_size is None,
-            f"data.vocab_size={d.vocab_size} only applies to data.tokenizer=bpe ({d.tokenizer} has a fixed "
-            "vocabulary): drop it, or set data.tokenizer=bpe",
-        )
-    else:
-        _check(
-            d.vocab_size is not None, "data.tokenizer=bpe needs data.vocab_size=N, the vocabulary to train (e.g. 4096)"
-        )
-        _check(
-            d.vocab_size >= BPE_MIN_VOCAB,
-            f"data.vocab_size={d.vocab_size} is smaller than the 256 byte tokens plus <|endoftext|>: "
-            f"use at least {BPE_MIN_VOCAB} (e.g. 4096)",
-        )
-        _check(
-            d.vocab_size <= 2**32,
-            f"data.vocab_size={d.vocab_size} is larger than token files hold (uint32, 2**32 ids): use a smaller one",
-        )
-    _check(0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction} must be in (0, 1)")
-    _check(d.num_proc is None or d.num_proc > 0, f"data.num_proc={d.num_proc} must be > 0")
-    _check(d.val_tokens > 0, f"data.val_tokens={d.val_tokens} must be > 0")
-    _check(d.max_tokens is None or d.max_tokens > 0, f"data.max_tokens={d.max_tokens} must be > 0 (or null for all)")
-    _check(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be > 0")
-    _check(d.shards is None or d.shards > 0, f"data.shards={d.shards} must be > 0")
-    _check(
-        not (d.shards_dir is not None and (d.source is not None or d.streaming)),
-        f"data.shards_dir={d.shards_dir!r} is a pre-tokenized set: leave data.source and data.streaming unset",
-    )
-    _check(
-        not (d.shards is not None and d.streaming),
-        "data.shards downloads pre-tokenized shards and data.streaming=true tokenizes a stream: keep one",
-    )
-    _check(
-        not (d.streaming and d.dataset is None),
-        "data.streaming=true streams a Hugging Face dataset: give data.dataset=<hub name or local folder>",
-    )
-    _check(
-        not (d.tokenizer == "bpe" and (d.shards is not None or d.shards_dir is not None)),
-        "data.tokenizer=bpe trains a tokenizer on text, but data.shards/data.shards_dir are already GPT-2 tokens: "
-        "use data.tokenizer=gpt2 with them, or prepare the text itself (data.dataset=...) with data.tokenizer=bpe",
-    )
-    _check(
-        not (d.tokenizer == "bpe" and d.streaming),
-        "data.tokenizer=bpe trains on the whole train split before tokenizing it, which a stream cannot give: "
-        "use data.streaming=false (or data.tokenizer=gpt2 to stream)",
-    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanogpt import threads
 from nanogpt.config import DeviceConfig
 from nanogpt.errors import UserError
 
@@ -48,6 +49,7 @@ class Precision:
     dtype: torch.dtype  # the compute dtype of autocast; float32 means no autocast
     compile: bool = False  # torch.compile the model (device.compile, resolved for this device)
     peak_tflops: float | None = None  # device.peak_tflops: one device's peak, instead of the table's
+    threads: threads.Choice | None = None  # this process's intra-op threads, and why (nanogpt/threads.py)
 
     @property
     def device_type(self) -> str:
@@ -145,7 +147,9 @@ def cpu_trains_faster_in_bf16(features: frozenset[str] | None = None) -> bool:
 
 
 def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
-    """The device and dtype `cfg` asks for, checked against what this machine has."""
+    """The device and dtype `cfg` asks for, checked against what this machine has; this process's CPU threads set
+    first, before torch starts its pool."""
+    choice = threads.apply(cfg.threads)
     kind = cfg.device.split(":")[0]
     if kind == "auto":
         if torch.cuda.is_available():
@@ -168,8 +172,8 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
     # it is slow, without flash attention; those GPUs train in fp16 with a grad scaler instead.
     cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if cfg.dtype == "auto":
-        # CPUs with bf16 dot products run bf16 matmuls 2.3x (Zen 4's AVX512-BF16) to ~6x (AMX) faster than fp32
-        # (docs/BENCHMARKS.md); CPUs without them emulate bf16, slower than fp32, and stay fp32.
+        # CPUs with bf16 dot products run bf16 matmuls faster than fp32 (docs/BENCHMARKS.md, `device.dtype=auto`
+        # on CPUs); CPUs without them emulate bf16, slower than fp32, and stay fp32.
         bf16_ok = cuda_bf16 if kind == "cuda" else kind == "cpu" and cpu_trains_faster_in_bf16()
         dtype = torch.bfloat16 if bf16_ok else (torch.float16 if kind == "cuda" else torch.float32)
     else:
@@ -182,7 +186,7 @@ def resolve(cfg: DeviceConfig, local_rank: int | None = None) -> Precision:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     compile = cfg.compile if cfg.compile is not None else kind == "cuda"
-    return Precision(device, dtype, compile, cfg.peak_tflops)
+    return Precision(device, dtype, compile, cfg.peak_tflops, choice)
 
 
 def _gpu_index(device: str, local_rank: int | None) -> int:

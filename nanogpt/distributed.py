@@ -115,7 +115,7 @@ def wrap(model: torch.nn.Module, parallel: str, dist: Dist, precision: Precision
 
 def _fully_shard(model: torch.nn.Module, dist: Dist, precision: Precision) -> torch.nn.Module:
     """FSDP2, one shard group per block (only one block's full weights exist at a time), then the rest. Rank 0
-    holds the whole model; the other ranks may hold it on the meta device (train._build_model): they allocate only
+    holds the whole model; the other ranks may hold it on the meta device (trainer._build_model): they allocate only
     their shards, which are filled from rank 0's weights, so every rank starts from the same ones."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

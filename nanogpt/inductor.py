@@ -3,8 +3,8 @@
 Inductor caches compiled kernels and graphs (the FX graph cache) and the forward/backward split of training graphs
 (the AOT autograd cache) in /tmp by default, which many systems empty at boot. We keep them in
 ~/.cache/nanogpt/inductor instead, unless the user chose (TORCHINDUCTOR_CACHE_DIR, or either cache switched off).
-Both caches write by rename: safe to share between processes. A cold compile of the CPU recipe costs ~25 s; a warm
-one reaches its first step ~2 s after an eager run (docs/BENCHMARKS.md).
+Both caches write by rename: safe to share between processes. What a cold and a warm compile cost is in
+docs/BENCHMARKS.md (Compile on a CPU, Start-up).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def probe_cpu_isa_in_background() -> threading.Thread:
     """Start Inductor's probe of the CPU's vector instructions on a thread, where it overlaps Dynamo's tracing.
 
     Before it loads or builds its first CPU kernel, Inductor compiles and loads a test library for every vector ISA
-    the CPU reports, each load in a child Python: ~1.2 s of a warm compiled start on a Zen 4 (six children), paid by
-    every process, as the answer is cached in memory only. The thread waits on those children without the GIL; if
-    the main thread needs the answer first it runs the probe itself, as it would have anyway."""
+    the CPU reports, each load in a child Python (docs/BENCHMARKS.md, Compile on a CPU: its share of a warm
+    start), paid by every process, as the answer is cached in memory only. The thread waits on those children
+    without the GIL; if the main thread needs the answer first it runs the probe itself, as it would have anyway."""
     # Imported here, not on the thread: concurrent first imports of Inductor's modules could deadlock.
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 

@@ -88,6 +88,11 @@ def record(f: FinetuneConfig, init_from: Any, base: GPT) -> dict[str, Any]:
     """What a LoRA run's checkpoints record besides the adapters: the settings, and a pointer to the base with the
     sha256 of its weights. `init_from` is the run's: a run dir's origin (its checkpoint and file sha256), else a
     pretrained model's name or folder."""
+    if isinstance(init_from, dict) and "checkpoint" not in init_from:
+        raise UserError(
+            "finetune=lora over a nanoGPT checkpoint is not supported: finetune it fully once (finetune=full), "
+            "then put LoRA over that run (init_from=<its run dir>)"
+        )
     if isinstance(init_from, dict):
         pointer = {k: init_from[k] for k in ("run", "checkpoint", "iter", "sha256")}
     else:

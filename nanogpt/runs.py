@@ -12,8 +12,10 @@ from typing import Any
 
 from nanogpt import checkpoint, lora
 from nanogpt import tokenizer as tok
+from nanogpt.checkpoint import file_sha256
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.errors import UserError
+from nanogpt.from_nanogpt import is_checkpoint as is_nanogpt_checkpoint
 from nanogpt.model import GPT
 from nanogpt.rundir import is_run_dir
 
@@ -45,8 +47,12 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
 
 
 def load_run(run_dir: str, which: str = "best") -> LoadedRun:
-    """The model and tokenizer of a run's `best` (else `latest`) checkpoint; a LoRA run's adapters merged into the
-    base they point at (a plain GPT, as fast as the base)."""
+    """The model and tokenizer of a run's `best` (else `latest`) checkpoint, or of a nanoGPT checkpoint; a LoRA
+    run's adapters merged into the base they point at (a plain GPT, as fast as the base)."""
+    if is_nanogpt_checkpoint(run_dir):
+        from nanogpt.from_nanogpt.checkpoint import load_run as load_nanogpt_run
+
+        return load_nanogpt_run(run_dir)
     ckpt = find_checkpoint(run_dir, which)
     info = checkpoint.load_info(ckpt)
     if lora.holds_adapter(info):
@@ -93,10 +99,11 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     finetune=lora, adapters over the frozen model, and the pointer to that base."""
     # Here, not at the top: sampling and export load a run without the data modules (and what they import).
     from nanogpt.data.prepare import check_prepared_as_asked
-    from nanogpt.data.tokens import read_meta
+    from nanogpt.data.token_files import read_meta
 
     meta = read_meta(data_path)
-    check_prepared_as_asked(cfg.data, meta, data_path)
+    if not cfg.data.dir:  # a folder given as it is brings its own tokenizer
+        check_prepared_as_asked(cfg.data, meta, data_path)
     if ckpt is not None:
         info = checkpoint.load_info(ckpt)
         saved = ModelConfig(**info["model"])
@@ -107,7 +114,7 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
         model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
         checkpoint.load_weights(model, ckpt)
         return model, info
-    model, info = _from_run(cfg, meta) if is_run_dir(cfg.init_from) else _fresh(cfg, meta)
+    model, info = _initial(cfg, meta, data_path)
     if cfg.finetune.method == "lora":
         info["finetune"] = lora.record(cfg.finetune, info["init_from"], model)
         model = lora.attach(model, cfg.finetune)
@@ -119,11 +126,16 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
     return model, info
 
 
-def _fresh(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
-    """A model from scratch, or OpenAI's GPT-2 (or a Hugging Face folder)."""
+def _initial(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """The model a new run starts from: scratch, one of our runs, a nanoGPT checkpoint, or OpenAI's GPT-2 (or a
+    Hugging Face folder)."""
     if cfg.init_from == "scratch":
         vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
         model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
+    elif is_run_dir(cfg.init_from):
+        return _from_run(cfg, meta)
+    elif is_nanogpt_checkpoint(cfg.init_from):
+        return _from_nanogpt(cfg, meta, data_path)
     else:
         model = _from_pretrained(cfg, meta)
     info = {
@@ -164,22 +176,50 @@ def _from_run(cfg: RunConfig, meta: dict) -> tuple[GPT, dict[str, Any]]:
     _warn_unused_shape(cfg.model, saved, run_dir)
     model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
     checkpoint.load_weights(model, ckpt)
-    if cfg.model.block_size < saved.block_size:
-        model.crop_block_size(cfg.model.block_size)
     weights = os.path.join(ckpt, checkpoint.WEIGHTS)
     origin = {"run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(ckpt), "iter": info.get("iter")}
-    origin["sha256"] = checkpoint.file_sha256(weights)
+    origin["sha256"] = file_sha256(weights)
     log.info(
         "init_from=%s: %s (iter %s, sha256 %s...), shape and tokenizer from that run",
         run_dir, ckpt, origin["iter"], origin["sha256"][:12],
     )  # fmt: skip
-    new_info = {
+    return _finetuned(model, cfg, meta, origin)
+
+
+def _finetuned(model: GPT, cfg: RunConfig, meta: dict, origin: dict) -> tuple[GPT, dict[str, Any]]:
+    """A model another run trained, cropped to this run's context, and the facts this run's checkpoints record."""
+    if cfg.model.block_size < model.config.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    info = {
         "model": dataclasses.asdict(model.config),
         "tokenizer": meta["tokenizer"],
         "data_vocab_size": meta["vocab_size"],
         "init_from": origin,
     }
-    return model, new_info
+    return model, info
+
+
+def _from_nanogpt(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """A nanoGPT checkpoint to finetune: its shape and weights; the data must speak its tokenizer."""
+    from nanogpt.from_nanogpt.checkpoint import load, tokenizer_of
+
+    ckpt = load(cfg.init_from)
+    chars = meta["tokenizer"].get("kind") == "char"
+    spec, vocab = tokenizer_of(ckpt, otherwise=(meta["tokenizer"], meta["vocab_size"]) if chars else None)
+    if spec != meta["tokenizer"] and spec["kind"] == "char":  # the lists of characters are too long to print
+        raise UserError(
+            f"the data at {data_path} has a vocabulary of {meta['vocab_size']} ({meta['tokenizer']['kind']}), "
+            f"but init_from={cfg.init_from} was trained on other characters ({vocab}): finetune on its own data "
+            "set (data.dir=<its nanoGPT data folder>)"
+        )
+    _check_tokenizer_extends(spec, meta, ckpt.model.vocab_size, cfg.init_from, cfg.data.name)
+    _warn_unused_shape(cfg.model, ckpt.model, cfg.init_from)
+    model = ckpt.build(dropout=cfg.model.dropout)
+    origin = {"nanogpt": os.path.abspath(ckpt.path), "iter": ckpt.iter_num, "sha256": file_sha256(ckpt.path)}
+    log.info(
+        "init_from=%s: nanoGPT's checkpoint at iter %d (sha256 %s...)", ckpt.path, ckpt.iter_num, origin["sha256"][:12]
+    )
+    return _finetuned(model, cfg, meta, origin)
 
 
 def _check_tokenizer_extends(run_tok: dict, meta: dict, model_vocab: int, run_dir: str, data_name: str) -> None:

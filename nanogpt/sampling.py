@@ -16,6 +16,7 @@ from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.config import DeviceConfig, SampleConfig
 from nanogpt.errors import UserError
+from nanogpt.from_nanogpt import is_checkpoint as is_nanogpt_checkpoint
 from nanogpt.kernels import decode_layout
 from nanogpt.model import GPT
 from nanogpt.runs import load_run
@@ -23,8 +24,8 @@ from nanogpt.runs import load_run
 
 def load_for_sampling(cfg: SampleConfig) -> tuple[GPT, tok.Tokenizer, int]:
     """The model, its tokenizer, and the size of the real vocabulary (padding ids are never sampled)."""
-    if cfg.run is not None:
-        run = load_run(cfg.run, cfg.checkpoint)
+    if cfg.run is not None or is_nanogpt_checkpoint(cfg.init_from):
+        run = load_run(cfg.run or cfg.init_from, cfg.checkpoint)  # type: ignore[arg-type]
         return run.model, run.tokenizer, run.vocab_size
     from nanogpt.pretrained import from_huggingface
 

@@ -30,8 +30,13 @@ class Interrupted(Exception):
         self.hand_over = hand_over
 
 
+class StopRequested(Exception):
+    """Raised between evaluation batches when a stop was asked: the evaluation is dropped, the run stops."""
+
+
 class StopSignals:
-    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit.
+    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step, save, and exit. During an
+    evaluation the stop comes after the current evaluation batch (`check`): an evaluation can take many steps' time.
 
     In a job sent by submitit (hydra/launcher=slurm or local), the preemption signal (USR2, as submitit asks
     Slurm for before the time limit) also saves after the current step, then hands the signal to submitit's
@@ -66,7 +71,7 @@ class StopSignals:
             if self._asked >= self._STOP:  # a second signal: the user insists
                 raise KeyboardInterrupt
             asked = self._STOP
-            log.warning("%s received: stopping after this step and saving a checkpoint", name)
+            log.warning("%s received: stopping after this step (or evaluation batch) and saving a checkpoint", name)
         if asked >= self._asked:
             self._asked, self.signum = asked, signum
 
@@ -75,12 +80,23 @@ class StopSignals:
         if dist.enabled:
             if not at_log_step:
                 return None
-            # Every rank must act at the same step, on the most urgent request any rank got.
-            flag = torch.tensor([float(self._asked * 100 + self.signum)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self._asked, self.signum = divmod(int(flag.item()), 100)
+            self._agree(device)
         asked, self._asked = self._asked, (0 if self._asked == self._SAVE else self._asked)
         return {0: None, self._SAVE: "save"}.get(asked, "stop")
+
+    def check(self, dist: distributed.Dist, device: torch.device) -> None:
+        """Raise StopRequested if a stop (or a preemption) was asked on any rank; a request to save only waits for
+        the next step. Under DDP/FSDP it is a collective: every rank calls it at the same points."""
+        if dist.enabled:
+            self._agree(device)
+        if self._asked >= self._STOP:
+            raise StopRequested
+
+    def _agree(self, device: torch.device) -> None:
+        """Every rank takes the most urgent request any rank got, so that all act at the same point."""
+        flag = torch.tensor([float(self._asked * 100 + self.signum)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self._asked, self.signum = divmod(int(flag.item()), 100)
 
     def hand_over(self) -> Callable[[], None] | None:
         """After a preemption signal: a call of the handler installed before ours, if it is Python code."""

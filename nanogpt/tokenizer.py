@@ -14,7 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from nanogpt.config import DataConfig
@@ -304,6 +304,24 @@ def train_bpe_for_dataset(
         )
     settings = {"vocab_size": data.vocab_size, "pattern": data.bpe_pattern, "special_tokens": [bpe.EOT]}
     return tokenizer, {**settings, "trained_on": trained_on, "tokenizers": tokenizers.__version__}
+
+
+def for_dataset(
+    data: DataConfig,
+    chars: Callable[[], list[str]],
+    train_texts: Callable[[], Iterable[str]],
+    length: int | None,
+    trained_on: str,
+) -> tuple[Tokenizer, dict]:
+    """The tokenizer `data.tokenizer` asks for: the data set's characters (`chars`, sorted), GPT-2's BPE, or a BPE
+    trained on the train split (`train_texts`, `length` of them where known); and what meta.json records of a
+    trained one (`{"bpe": settings}`, else nothing). Each is called only for the tokenizer that needs it."""
+    if data.tokenizer == "char":
+        return CharTokenizer(chars()), {}
+    if data.tokenizer == "bpe":
+        tokenizer, settings = train_bpe_for_dataset(data, train_texts(), length, trained_on)
+        return tokenizer, {"bpe": settings}
+    return GPT2Tokenizer(), {}
 
 
 def from_meta(meta: dict, folder: str | None = None) -> Tokenizer:

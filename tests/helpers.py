@@ -11,7 +11,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -322,3 +324,79 @@ def tiny_gpt(**options: Any):
             if p.dim() == 2 and not p.any():
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     return model
+
+
+# ---- serve.py: tiny runs to serve, a server subprocess ----
+
+CHARS = sorted(set(string.ascii_letters + string.digits + " .,:;!?'\n"))
+KEY = "test-key"  # the API key the test servers are started with
+
+
+def save_run(run_dir: Path, tokenizer_meta: dict, vocab: int, seed: int = 0, **shape) -> Path:
+    """A run dir holding one checkpoint of a tiny random GPT whose logits are well separated."""
+    import torch
+
+    from nanogpt import checkpoint
+    from nanogpt.model import GPT
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=vocab, dropout=0.0, tie_embeddings=False
+    )
+    cfg = dataclasses.replace(cfg, **shape)
+    model = GPT(cfg)
+    with torch.no_grad():
+        # Untied: a random tied model repeats its input token. Scaled up: the likeliest token has ~half the mass.
+        model.lm_head.weight.mul_(20)
+    info = {"iter": 0, "model": dataclasses.asdict(cfg), "data_vocab_size": vocab, "tokenizer": tokenizer_meta}
+    checkpoint.save(str(run_dir), model, {}, info, as_best=True)
+    return run_dir
+
+
+@dataclasses.dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, key: str | None = KEY) -> Any:
+        """The official `openai` client, pointed at this server."""
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=30)
+
+
+def start_server(tmp: Path, *args: str, key: str | None = KEY, env: dict | None = None) -> Server:
+    """`python serve.py port=<free port> args...` in the background, once it answers /health; `env` adds to the
+    offline environment."""
+    import httpx
+
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = popen_entry("serve.py", f"port={port}", *args, *([f"api_key={key}"] if key else []), cwd=tmp,
+                           stdout=out, env=process_env(**(env or {})), stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve.py exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {key}"}, timeout=1)
+            return Server(proc, url, log)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    stop_server(Server(proc, url, log))
+    raise AssertionError(f"serve.py did not answer within 60 s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> int:
+    """SIGTERM, as a service manager would (killed if it does not exit in 20 s); returns its exit status."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode

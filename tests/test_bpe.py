@@ -62,8 +62,9 @@ def snapshot(path: Path) -> dict[str, bytes]:
 
 def prepare_here(tmp_path: Path, name: str, tokenizer: str, source: str, **kw) -> dict:
     """prepare.py's work in this process (a subprocess costs seconds of imports); returns meta.json."""
-    from nanogpt.config import DataConfig, PrepareConfig, validate
+    from nanogpt.config import DataConfig, PrepareConfig
     from nanogpt.data.prepare import prepare
+    from nanogpt.validation import validate
 
     data = DataConfig(name=name, tokenizer=tokenizer, source=source, **kw)
     validate(PrepareConfig(data=data))

@@ -27,7 +27,9 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory):
     """A tiny run trained on arithmetic conversations, tokenized with GPT-2's chat vocabulary."""
-    from nanogpt.data.tokens import write_dataset
+    import numpy as np
+
+    from nanogpt.data.token_files import finish_dataset
 
     root = tmp_path_factory.mktemp("chat")
     template = ChatTemplate.of(GPT2Tokenizer(chat=True))
@@ -36,8 +38,12 @@ def chat_run(tmp_path_factory):
         for b in range(12):
             talk = [{"role": "user", "content": f"What is {a}+{b}?"}, {"role": "assistant", "content": str(a + b)}]
             ids["val" if (a + b) % 7 == 0 else "train"] += template.encode(talk)[0]
-    meta = {"tokenizer": {"kind": "gpt2", "chat": True}, "vocab_size": 50261, "source": "test"}
-    write_dataset(str(root / "data" / "chatdemo"), ids, meta)
+    out = root / "data" / "chatdemo"
+    out.mkdir(parents=True)
+    for split, tokens in ids.items():
+        np.asarray(tokens, dtype=np.uint16).tofile(out / f"{split}.bin")
+    meta = {"tokenizer": {"kind": "gpt2", "chat": True}, "vocab_size": 50261, "source": "test", "dtype": "uint16"}
+    finish_dataset(str(out), {**meta, **{f"{split}_tokens": len(tokens) for split, tokens in ids.items()}})
     return train(root, root / "data", "data=shakespeare", "data.name=chatdemo", "train.max_iters=2",
                  "train.eval_interval=2", "name=chat", name="chat")  # fmt: skip
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nanogpt import checkpoint, distributed, optim, runs, sampling, train
+from nanogpt import checkpoint, distributed, optim, runs, sampling, trainer
 from nanogpt import device as devices
 from nanogpt.config import DeviceConfig, ModelConfig, OptimConfig
 from nanogpt.errors import UserError
@@ -123,7 +123,7 @@ def test_evaluation_only_on_two_processes_ignores_grad_accum(tmp_path, char_data
 
 
 def resume_in_process(run: Path, fused: bool, dtype: torch.dtype) -> tuple[torch.optim.Optimizer, list[dict]]:
-    """A run's latest checkpoint resumed as train._setup does, with AdamW `fused` and a grad scaler as `dtype`
+    """A run's latest checkpoint resumed as trainer.build does, with AdamW `fused` and a grad scaler as `dtype`
     needs one; returns the optimizer and the state dicts its load_state_dict was given."""
     model = runs.load_run(str(run), "latest").model
     (opt,) = optim.build(model, OptimConfig(fused=fused), "cpu")
@@ -132,7 +132,7 @@ def resume_in_process(run: Path, fused: bool, dtype: torch.dtype) -> tuple[torch
     opt.load_state_dict = lambda state: (given.append(state), load(state))[1]
     precision = devices.Precision(torch.device("cpu"), dtype)
     scaler = torch.amp.GradScaler("cpu", enabled=precision.needs_grad_scaler())
-    saved_iter = train._resume(checkpoint.find(str(run)), model, [opt], scaler, distributed.Dist(), precision).iter
+    saved_iter = trainer._resume(checkpoint.find(str(run)), model, [opt], scaler, distributed.Dist(), precision).iter
     if scaler.is_enabled():
         assert scaler.get_scale() == 2.0**16  # afresh: the checkpoint's run had no loss scaling
     steps = [s["step"] for s in opt.state.values()]
@@ -163,7 +163,7 @@ def test_resume_across_dtypes_and_fused_adamw(tmp_path, char_data):
     opt, given = resume_in_process(run, fused=False, dtype=torch.float32)
     assert not any(g["fused"] for g in given[0]["param_groups"])
     # And an fp16 checkpoint's loss scale into a run without one: ignored.
-    train._load_scaler(torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu").state_dict())
+    trainer._load_scaler(torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu").state_dict())
 
 
 # ---- the device: dtype=auto, the visible GPU, peak FLOP/s, compile (defects 4 and 9) ----

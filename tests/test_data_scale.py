@@ -89,7 +89,7 @@ def streamed(tmp_path_factory, hub) -> Path:
 
 def read_split(path: Path, split: str) -> np.ndarray:
     """A sharded set's split, its shards read with the llm.c module and concatenated."""
-    from nanogpt.data import llmc
+    from nanogpt.data import llmc_shards as llmc
 
     meta = json.loads((path / "meta.json").read_text())
     folder = Path(meta["shards"].get("dir") or path)
@@ -180,7 +180,7 @@ def test_resume_after_each_shard_writes_the_same_shards(tmp_path, hub, streamed,
     """The same, deterministic and in process: the preparation dies right after shard k is recorded, for
     several k, and a fresh call finishes it."""
     from nanogpt.config import DataConfig
-    from nanogpt.data import writer
+    from nanogpt.data import shard_writer as writer
     from nanogpt.data.stream import prepare_stream
 
     data = DataConfig(
@@ -254,7 +254,7 @@ def test_shards_read_as_one_sequence(tmp_path, streamed):
 
 
 def write_llmc_set(folder: Path, seed: int = 0, sizes: tuple = (7000, 5000, 6000), val: int = 4000) -> None:
-    from nanogpt.data import llmc
+    from nanogpt.data import llmc_shards as llmc
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,7 +302,7 @@ def test_llmc_shards_folder_and_the_same_tokens_in_one_file_train_bit_identicall
 
 
 def test_llmc_format_round_trip_and_damaged_headers(tmp_path):
-    from nanogpt.data import llmc
+    from nanogpt.data import llmc_shards as llmc
     from nanogpt.errors import UserError
 
     tokens = np.arange(1000, dtype=np.uint16)
@@ -355,7 +355,7 @@ def test_pretokenized_download_with_a_local_stand_in_for_the_hub(tmp_path, monke
 @pytest.mark.parametrize("case", ["empty", "mixed", "versions", "llama", "out_of_vocab", "char", "no_val", "missing"])
 def test_bad_shards_folder_is_one_line_and_prepares_nothing(tmp_path, case):
     from nanogpt.config import DataConfig
-    from nanogpt.data import llmc
+    from nanogpt.data import llmc_shards as llmc
     from nanogpt.data.prepare import prepare
     from nanogpt.errors import UserError
 
@@ -431,7 +431,7 @@ def test_hub_sets_with_no_network_and_no_local_copy_are_one_line(tmp_path):
 
 def test_bad_streaming_input_is_one_line_and_leaves_nothing_trusted(tmp_path, hub, monkeypatch):
     from nanogpt.config import DataConfig
-    from nanogpt.data.stream import prepare_stream
+    from nanogpt.data.prepare import prepare
     from nanogpt.errors import UserError
 
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf-cache")
@@ -445,7 +445,7 @@ def test_bad_streaming_input_is_one_line_and_leaves_nothing_trusted(tmp_path, hu
     ]
     for override, needle in cases:
         with pytest.raises(UserError, match=needle) as e:
-            prepare_stream(DataConfig(**{**base, **override}), str(tmp_path / "x"))
+            prepare(DataConfig(**{**base, **override}), str(tmp_path))
         assert "\n" not in str(e.value)
         assert not (tmp_path / "x" / "meta.json").exists()
         assert not list((tmp_path / "x").glob("*.bin")) if (tmp_path / "x").exists() else True
@@ -460,7 +460,7 @@ def test_openwebtext_falls_back_to_the_parquet_conversion(tmp_path, monkeypatch,
     import pyarrow.parquet as pq
 
     from nanogpt.config import DataConfig
-    from nanogpt.data.hf import prepare_hf_dataset
+    from nanogpt.data.documents import prepare_hf_dataset
 
     docs = [f"Document {i}: " + "web text " * (i % 7) for i in range(40)]
     (tmp_path / "parquet" / "plain_text" / "train").mkdir(parents=True)

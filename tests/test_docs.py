@@ -178,7 +178,7 @@ def compose_command(config_name: str, overrides: list[str], multirun: bool):
     from nanogpt.cli.quoting import quote_free_text
 
     register_configs()
-    overrides = quote_free_text(overrides)
+    overrides = quote_free_text(overrides, multirun)
     if multirun:
         overrides = _first_of_sweeps(overrides)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

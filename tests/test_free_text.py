@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from tests.helpers import run_entry
+from tests.helpers import one_line_error, run_entry
 
 
 def test_refused_values_are_quoted_and_valid_overrides_untouched():
@@ -90,3 +90,17 @@ def test_remaining_error_says_how_to_quote(value):
     hint = quoting_hint(f"start={value}")
     (typed,) = shlex.split(hint.rsplit(": ", 1)[1])  # as a POSIX shell reads it
     assert _parses_to(_parser(), typed) == value
+
+
+def test_text_with_a_comma_in_a_single_run(tmp_path):
+    """`start="Hello, world"` is text in a single run (Hydra alone calls it an ambiguous sweep); in a multirun a
+    comma is still a sweep, and numbers keep Hydra's answer, which says to add -m."""
+    from nanogpt.cli.quoting import quote_free_text
+
+    out = run_entry("sample.py", "run=anything", "start=Hello, world", "stop=a,b", "--cfg", "job", cwd=tmp_path).stdout
+    assert "start: Hello, world" in out and "stop: a,b" in out, out
+    assert quote_free_text(["-m", "name=a,b"]) == ["-m", "name=a,b"]
+    assert quote_free_text(["name=a,b"], multirun=True) == ["name=a,b"]
+    assert quote_free_text(["optim.lr=1e-3,3e-3", "model=tiny,baby"]) == ["optim.lr=1e-3,3e-3", "model=tiny,baby"]
+    proc = run_entry("run.py", "optim.lr=1e-3,3e-3", "--cfg", "job", cwd=tmp_path, check=False)
+    one_line_error(proc, "optim.lr=1e-3,3e-3", "add -m")

@@ -147,7 +147,7 @@ def test_prepare_text_from_a_hf_dataset_with_the_char_tokenizer(tmp_path):
 
 def test_prepare_hf_dataset_mistakes_are_one_clear_line(tmp_path, monkeypatch):
     from nanogpt.config import DataConfig
-    from nanogpt.data.hf import prepare_hf_dataset
+    from nanogpt.data.documents import prepare_hf_dataset
     from nanogpt.errors import UserError
 
     proc = run_entry(

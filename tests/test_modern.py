@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from nanogpt import optim
-from nanogpt.config import OptimConfig, RunConfig, validate
+from nanogpt.config import OptimConfig, RunConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.validation import validate
 from tests.helpers import (
     MODEL_OPTIONS,
     REPO,

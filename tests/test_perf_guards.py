@@ -28,8 +28,8 @@ NOT_FOR_TRAINING = (
     "nanogpt.eval.hellaswag",
     "nanogpt.eval.harness",
     "nanogpt.eval.command",
-    "nanogpt.data.hf",
-    "nanogpt.data.hub",
+    "nanogpt.data.documents",
+    "nanogpt.data.hf_datasets",
     "nanogpt.data.stream",
     "nanogpt.data.pretokenized",
 )

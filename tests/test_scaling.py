@@ -1,5 +1,6 @@
-"""Compute budgets, the depth dial and the IsoFLOP analysis: FLOPs accounting against a hand computation, the
-fit against a known law, bad input as one line, and a real tiny sweep end to end, resumed exactly."""
+"""Compute budgets, the depth dial and the IsoFLOP analysis: FLOPs accounting against a hand computation,
+bad input as one line, and a real tiny sweep (seeds as an axis) end to end, resumed exactly; the fits themselves
+are tested in test_scaling_fits.py."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from nanogpt import optim
-from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig, validate
+from nanogpt.config import DEFAULT_MAX_ITERS, ModelConfig, RunConfig, TrainConfig
 from nanogpt.errors import UserError
-from nanogpt.sweeps import budgets, isoflop
+from nanogpt.sweeps import budgets
+from nanogpt.validation import validate
 from tests.helpers import OFFLINE_ENV, REPO, TINY, run_dirs, run_entry
 
 # ---- FLOPs accounting ----
@@ -147,63 +148,6 @@ def test_budget_smaller_than_one_step_is_refused():
         budgets.resolve(run_config({}, flops_budget=1e6), 65)
 
 
-# ---- the fit, on jobs drawn from a known law ----
-
-# Chinchilla's fitted law (Hoffmann et al. 2022, approach 3): L = E + A / N^alpha + B / D^beta. At fixed C = 6ND the
-# optimum is N_opt ∝ C^(beta / (alpha + beta)) and D_opt ∝ C^(alpha / (alpha + beta)).
-E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
-
-
-def synthetic_jobs(budgets: list[float], per_budget: int = 7, noise: float = 0.002, seed: int = 0) -> list:
-    """Jobs of a sweep that trained exactly to the law (plus a little noise), on one grid of sizes shared by every
-    budget, as a real sweep over depths is: the grid covers each budget's optimum unevenly."""
-    rng = np.random.default_rng(seed)
-    g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
-    n_opt = [g * (c / 6) ** (BETA / (ALPHA + BETA)) for c in budgets]
-    grid = np.geomspace(min(n_opt) / 5, max(n_opt) * 5, 3 * per_budget)
-    points = []
-    for c, opt in zip(budgets, n_opt, strict=True):
-        for n in grid[(grid > opt / 6) & (grid < opt * 6)]:
-            d = c / (6 * n)
-            loss = E + A / n**ALPHA + B / d**BETA + rng.normal(0, noise)
-            points.append(isoflop.Point(str(len(points)), c, "completed", int(n), int(d), c, loss, 1000.0))
-    return points
-
-
-def test_fit_recovers_the_exponents_of_a_known_law(tmp_path):
-    points = synthetic_jobs([1e18, 3e18, 1e19, 3e19, 1e20])
-    # Failed and unfinished jobs are shown but stay out of the fits, even with a loss that would move them.
-    points += [isoflop.Point("98", 1e19, "failed"), isoflop.Point("99", 1e19, "interrupted", 10**6, 10**9, 1e19, 0.5)]
-    a = isoflop.analyse(points)
-    assert abs(a.n_law.exponent - BETA / (ALPHA + BETA)) < 0.02
-    assert abs(a.d_law.exponent - ALPHA / (ALPHA + BETA)) < 0.02
-    assert a.warnings == [] and all(f.in_grid and len(f.points) >= 5 for f in a.fits)
-    assert not any(p.job in ("98", "99") for f in a.fits for p in f.points)
-
-    lines, paths = isoflop.report(points, str(tmp_path))
-    text = "\n".join(lines)
-    assert f"**N_opt ∝ C^{a.n_law.exponent:.3f}, D_opt ∝ C^{a.d_law.exponent:.3f}**" in text
-    assert "| 99 | 1e+19 |  | 1M | 1G | 1e+19 | 0.5000 | " in text and "| 98 | 1e+19 |" in text
-    assert [Path(p).name for p in paths] == ["isoflop.png", "frontier.png"]
-    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)
-
-
-def test_fit_warns_about_too_few_points_and_minima_at_the_edge():
-    points = synthetic_jobs([1e18, 1e19, 1e20])
-    few = [p for p in points if p.budget == 1e18][:2]
-    low = sorted((p for p in points if p.budget == 1e20), key=lambda p: p.params)[:4]  # only the small models
-    a = isoflop.analyse(few + [p for p in points if p.budget == 1e19] + low)
-    assert a.warnings[0] == "budget 1e+18: 2 finished job(s), a parabola needs 3 sizes: no minimum"
-    assert a.warnings[1].startswith("budget 1e+20: the lowest loss is at the grid's largest model (N=")
-    assert a.warnings[1].endswith("add larger depths")
-    assert (
-        a.warnings[2].startswith("budget 1e+20: the fitted minimum N=")
-        and "left out of the power laws" in a.warnings[2]
-    )
-    assert a.warnings[3] == "1 budget(s) with a minimum inside the grid: the power laws need 2 or more"
-    assert a.n_law is None and [f.in_grid for f in a.fits] == [False, True, False]
-
-
 # ---- through the entry points ----
 
 
@@ -242,6 +186,7 @@ TINY_SWEEP = [
     "model.head_dim=16",
     "train.flops_budget=5e7,2e8",
     "model.depth=1,2,3",
+    "seed=1,2",  # seeds as a sweep axis: the report averages each (budget, depth) over them
 ]
 
 
@@ -249,26 +194,37 @@ def test_tiny_scaling_sweep_end_to_end(tmp_path, char_data):
     run_entry("run.py", "-m", *TINY_SWEEP, f"paths.data_dir={char_data}", cwd=tmp_path)
     [sweep] = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
     jobs = {j.name: j for j in sweep.iterdir() if j.name.isdigit()}
-    assert sorted(jobs, key=int) == [str(i) for i in range(6)]
+    assert sorted(jobs, key=int) == [str(i) for i in range(12)]  # 2 budgets x 3 depths x 2 seeds
     statuses = {n: json.loads((j / "status.json").read_text()) for n, j in jobs.items()}
-    assert statuses["2"]["status"] == "failed" and "less than one optimizer step" in statuses["2"]["error"]
+    configs = {n: OmegaConf.load(j / ".hydra" / "config.yaml") for n, j in jobs.items()}
+    failed = {n for n, st in statuses.items() if st["status"] == "failed"}
+    assert {(configs[n].train.flops_budget, configs[n].model.depth) for n in failed} == {(5e7, 3)}
+    assert {configs[n].seed for n in failed} == {1, 2}
+    assert all("less than one optimizer step" in statuses[n]["error"] for n in failed)
     for n, job in jobs.items():
-        assert (job / ".hydra" / "config.yaml").exists()
-        if n == "2":
+        if n in failed:
             continue
         plan = json.loads((job / "plan.json").read_text())
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        cfg = configs[n]
         per_step = 4 * 32 * plan["flops_per_token"]
         assert statuses[n]["status"] == "completed" and statuses[n]["iter"] == plan["max_iters"]
         assert plan["depth"] == cfg.model.depth and plan["flops_budget"] == cfg.train.flops_budget
         assert abs(plan["flops"] - cfg.train.flops_budget) <= per_step / 2
         assert cfg.train.max_iters is None  # the saved config says what was asked; plan.json what it bought
+    # The seeds train differently: the same (budget, depth) ends at another loss.
+    losses = {(c.train.flops_budget, c.model.depth, c.seed): statuses[n].get("val_loss") for n, c in configs.items()}
+    assert losses[(2e8, 2, 1)] != losses[(2e8, 2, 2)]
 
     report = (sweep / "report.md").read_text()
-    assert "## Scaling: IsoFLOP profiles" in report and "![isoflop](isoflop.png)" in report
-    assert "| 5e+07 | 2 of 3 |  |  |  |  | no minimum |" in report and "| 2e+08 | 3 of 3 |" in report
-    assert "- budget 5e+07: 2 finished job(s), a parabola needs 3 sizes: no minimum" in report
-    assert "| 2 | 5e+07 | 3 |  |  |  |  |  | failed |" in report
+    assert "## Scaling: IsoFLOP profiles (approach 2)" in report and "![isoflop](isoflop.png)" in report
+    assert "| 5e+07 | 4 of 6 |  |  |  |  | no minimum |" in report and "| 2e+08 | 6 of 6 |" in report
+    assert "- budget 5e+07: 2 finished size(s), a parabola needs 3: no minimum" in report
+    for n in failed:
+        assert f"- job {n} (budget 5e+07, depth 3, seed {configs[n].seed}) failed: left out of the fits" in report
+        assert f"| {n} | 5e+07 | 3 | {configs[n].seed} |  |  |  |  |  | failed |" in report
+    assert "Each (budget, size) is the mean over its seeds (1, 2)." in report
+    assert "| budget C | N | D | seeds | mean val loss | std over seeds | jobs |" in report
+    assert "## Scaling: one law L(N, D) (approach 3)" in report  # 5 sizes: fewer than 6, no fit
     assert (sweep / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
 
     # The command line writes the same report again.

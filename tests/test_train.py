@@ -171,7 +171,7 @@ def test_evaluation_stacks_batches_and_equals_one_forward_per_batch(char_data, e
     from nanogpt.device import Precision
     from nanogpt.distributed import Dist
     from nanogpt.model import GPT
-    from nanogpt.train import EVAL_TOKENS_PER_FORWARD, estimate_loss
+    from nanogpt.val_loss import EVAL_TOKENS_PER_FORWARD, estimate_loss
 
     assert EVAL_TOKENS_PER_FORWARD // (12 * 64) == 5
     torch.manual_seed(0)

@@ -11,8 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import ChatConfig, EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, validate
+from nanogpt.config import ChatConfig, EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig
 from nanogpt.errors import UserError
+from nanogpt.validation import validate
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
 GROUPS = ("model", "data", "optim", "device", "logger", "finetune", "experiment")
@@ -25,11 +26,12 @@ SCHEMAS = {
     "export_schema": ExportConfig,
     "eval_schema": EvalConfig,
     "chat_schema": ChatConfig,
+    "serve_schema": ServeConfig,
 }
 
 
 def register_configs(*schemas: str) -> None:
-    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs a few ms
+    """Put the schemas (all, or those named: an entry point names its own, as converting each one costs time
     at every start) in Hydra's ConfigStore and our resolvers in OmegaConf (entry points call this)."""
     from hydra.core.config_store import ConfigStore
 
@@ -55,7 +57,7 @@ def main_with_clean_errors(main: Callable[[], Any]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us; tracebacks stay for bugs
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, UserError) as e:  # UserError: a sweeper's refusal
         if os.environ.get("NANOGPT_TRACEBACK") == "1":
             raise
         print(f"error: {config_error_line(e)}", file=sys.stderr, flush=True)
@@ -83,6 +85,8 @@ def config_error_line(e: BaseException) -> str:
         return f"unknown key {key}: check its spelling; `--cfg job` prints every key"
     if isinstance(cause, ValidationError) and key:
         return f"{key}: {first_line(cause)}; give a value of the right type"
+    if first_line(e).startswith("Ambiguous value for argument"):  # a comma list in a single run: say the choices
+        return f"{first_line(e)}: add -m to sweep over its values, or write a list as key=[a,b]"
     return first_line(e) + (f" ({first_line(cause)})" if cause is not e else "")
 
 
@@ -93,7 +97,7 @@ def to_object(cfg: DictConfig | Any, schema: type) -> Any:
     if extra:
         raise UserError(f"unknown key {extra[0]}: check its spelling; `--cfg job` prints every key")
     # Hydra composes an entry point's config on top of its schema (the first entry of its defaults list): it comes
-    # typed and checked, and merging it into the schema again would cost ~10 ms at every start.
+    # typed and checked, and merging it into the schema again would cost time at every start (docs/BENCHMARKS.md).
     if OmegaConf.get_type(cfg) is not schema:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(cfg)
@@ -110,6 +114,12 @@ def _unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
         elif dataclasses.is_dataclass(fields[key].default_factory if callable(fields[key].default_factory) else None):
             out += _unknown_keys(value, fields[key].default_factory, f"{prefix}{key}.")
     return out
+
+
+def given_keys(overrides: list[str]) -> set[str]:
+    """The keys a command line's `key=value` overrides set (`+key`, `++key` and `~key` as `key`): what the user
+    gave explicitly, as opposed to what a preset or a default says."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> RunConfig:
@@ -142,3 +152,9 @@ def _override_values(overrides: list[str]) -> DictConfig:
     for o in OverridesParser.create().parse_overrides(overrides):
         OmegaConf.update(values, o.key_or_group, o.value(), force_add=True)
     return values
+
+
+def with_overrides(cfg: DictConfig, *overrides: list[str]) -> RunConfig:
+    """A composed run config with lists of `key=value` overrides applied in turn, validated."""
+    merged = OmegaConf.merge(cfg, *(_override_values(o) for o in overrides))
+    return to_object(merged, RunConfig)

@@ -16,4 +16,4 @@ def export_main(cfg: DictConfig) -> None:
     with importing_torch():
         from nanogpt.runs import export_run  # torch: after the config is known to be good
 
-    export_run(e.run, e.out, e.checkpoint)
+    export_run(e.run or e.init_from, e.out, e.checkpoint)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ import tempfile
 
 from omegaconf import OmegaConf
 
+from nanogpt.from_nanogpt import is_checkpoint as is_nanogpt_checkpoint
 from nanogpt.ranks import launch_env
 
 SCRATCH_PREFIX = "nanogpt-scratch-"
@@ -27,6 +28,8 @@ def register_resolvers() -> None:
 def rank_dir(run_dir: str, resume: str | None) -> str:
     """The run dir Hydra should create for this process: the dated dir, or the resumed run's, on rank 0."""
     rank = launch_env().rank
+    if resume and is_nanogpt_checkpoint(resume) and rank == 0:
+        return run_dir  # a nanoGPT run continues in a new run dir of ours
     if rank > 0 or (resume and not os.path.isfile(os.path.join(resume, ".hydra", "config.yaml"))):
         return os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}rank{rank}-{os.getpid()}")
     return resume if resume else run_dir
@@ -39,4 +42,4 @@ def is_scratch_dir(run_dir: str) -> bool:
 def hydra_subdir(resume: str | None) -> str | None:
     """Hydra saves the composed config in `.hydra/` except on other ranks and when resuming a run,
     whose `.hydra/config.yaml` is the record of how it started and must not be overwritten."""
-    return None if resume or launch_env().rank > 0 else ".hydra"
+    return None if (resume and not is_nanogpt_checkpoint(resume)) or launch_env().rank > 0 else ".hydra"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nanogpt.data.tokens import SPLITS, TokenFile, read_meta, split_files
+from nanogpt.data.token_files import SPLITS, TokenFile, read_meta, split_files
 from nanogpt.errors import UserError
 
 MAX_OPEN = 128  # memory maps kept open per split (each holds a file descriptor)

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
-from nanogpt.data import llmc
-from nanogpt.data.tokens import finish_dataset
+from nanogpt.data import llmc_shards as llmc
+from nanogpt.data.token_files import finish_dataset
 from nanogpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,11 @@ _SPLIT = re.compile(r"(?<![a-z])(train|val)(?![a-z])")
 
 def prepare_pretokenized(data: DataConfig, out: str) -> str:
     """meta.json in `out` for llm.c shards: downloaded into `out`, or found in `data.shards_dir`."""
-    if data.tokenizer != "gpt2":
-        raise UserError(
-            f"data.tokenizer={data.tokenizer} does not match the shards, which hold GPT-2 tokens: "
-            "use data.tokenizer=gpt2 with pre-tokenized shards"
-        )
     if data.shards_dir is not None:
         folder = os.path.abspath(os.path.expanduser(data.shards_dir))
         files = scan_folder(folder)
     else:
-        if data.dataset is None:
-            raise UserError("data.shards needs the hub repo to download from: give data.dataset=<owner/name>")
+        assert data.dataset is not None  # validation.data_kind
         folder = out
         files = download(data.dataset, data.shards or 0, out)
     splits = {s: [f for f in files if _split_of(f) == s] for s in ("train", "val")}

@@ -33,10 +33,9 @@ from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
 from nanogpt.config import DataConfig
-from nanogpt.data import hub
-from nanogpt.data import writer as writing
-from nanogpt.data.tokens import finish_dataset
-from nanogpt.errors import UserError
+from nanogpt.data import shard_writer as writing
+from nanogpt.data.hf_datasets import open_stream
+from nanogpt.data.token_files import finish_dataset
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,7 @@ class Batch:
 
 def prepare_stream(data: DataConfig, out: str) -> str:
     """Stream `data.dataset` into `out`: shards of both splits, then meta.json. Returns `out`."""
-    if data.tokenizer != "gpt2":
-        raise UserError(
-            f"data.tokenizer={data.tokenizer} cannot stream: a character vocabulary needs a first pass over all "
-            "the text; use data.tokenizer=gpt2 (or data.streaming=false)"
-        )
-    if data.source is not None:
-        raise UserError(f"data.source={data.source!r} and data.streaming=true: keep one (data.source=null)")
-    ds = hub.open_stream(data)
+    ds = open_stream(data)
     state = writing.resume_or_start(out, settings(data))
     writing.check_free_disk(out, data, state.tokens_written, DTYPE.itemsize)
     writer = writing.ShardedWriter(out, data, state, DTYPE)

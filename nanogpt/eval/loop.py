@@ -3,7 +3,8 @@
 The tasks' data is loaded when the run starts, so a missing file fails it before it trains. Scoring calls the
 model itself, not its torch.compile'd wrapper: the examples' lengths vary, and each new shape would recompile.
 Under DDP that module is a full replica (no collectives); under FSDP it is the sharded module, whose forwards are
-collectives, which is why every process runs the same number of them (nanogpt/eval/hellaswag.py pads).
+collectives, which is why every process runs the same number of them (nanogpt/eval/hellaswag.py pads). A stop
+asked during the tasks (Ctrl-C) is honoured before the next forward, not at the end of the tasks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,9 +23,22 @@ from nanogpt.config import RunConfig
 from nanogpt.device import Precision
 from nanogpt.distributed import Dist
 from nanogpt.eval import task_module
-from nanogpt.eval.scoring import Scorer
+from nanogpt.eval.scoring import Row, Scorer
 
 log = logging.getLogger("nanogpt")
+
+
+@dataclass
+class _StoppableScorer(Scorer):
+    """A Scorer that calls `check_stop` before each forward: every process scores the same number of batches
+    (the tasks pad theirs), so under DDP/FSDP the check, a collective there, comes at the same points on all."""
+
+    check_stop: Callable[[], None] | None = None
+
+    def score(self, rows: Sequence[Row]) -> tuple[list[float], list[bool]]:
+        if self.check_stop is not None:
+            self.check_stop()
+        return super().score(rows)
 
 
 class TrainingTasks:
@@ -42,7 +58,7 @@ class TrainingTasks:
         self.data = {
             name: m.load(cfg.eval, cfg.paths.data_dir, t.eval_tasks_limit, dist) for name, m in self.modules.items()
         }
-        self.scorer = Scorer(
+        self.scorer = _StoppableScorer(
             model,
             tok.from_meta({"tokenizer": info["tokenizer"]}),
             block_size=model.config.block_size,
@@ -57,10 +73,12 @@ class TrainingTasks:
     def due(self, it: int, last: bool) -> bool:
         return it % self.interval == 0 or last
 
-    def run(self, it: int) -> dict[str, float]:
-        """Every task's metrics as <task>_<metric>, and the time they took (`eval_tasks_s`); every process calls it."""
+    def run(self, it: int, check_stop: Callable[[], None] | None = None) -> dict[str, float]:
+        """Every task's metrics as <task>_<metric>, and the time they took (`eval_tasks_s`); every process calls it.
+        `check_stop` is called before each forward; what it raises ends the tasks, nothing of them logged."""
         started = time.perf_counter()
         record: dict[str, float] = {}
+        self.scorer.check_stop = check_stop
         for name, module in self.modules.items():
             result = module.score(self.scorer, self.data[name])
             record.update({f"{name}_{k}": v for k, v in result.metrics.items()})

@@ -4,7 +4,8 @@ tasks in training, speed, wall time) and its val loss curves, with the downstrea
     python -m nanogpt.sweeps multirun/<date>/<time>
 
 writes report.md, report.csv and val_loss.png into that dir; when the jobs carry FLOPs budgets (train.flops_budget),
-report.md adds the IsoFLOP analysis (nanogpt/sweeps/isoflop.py) with isoflop.png and frontier.png. Hydra's multirun
+report.md adds the scaling analysis (nanogpt/sweeps/scaling_report.py: approaches 2 and 3 with bootstrap intervals)
+with isoflop.png and frontier.png. Hydra's multirun
 layout is the input: each job dir holds `.hydra/overrides.yaml` and `config.yaml`, `status.json` (nanogpt/rundir.py),
 `metrics.jsonl` (nanogpt/metrics.py) and `plan.json` (nanogpt/sweeps/budgets.py).
 nanogpt/cli/sweep_callback.py, registered under `hydra.callbacks` in conf/train.yaml, writes it when a sweep ends.
@@ -67,6 +68,7 @@ class Job:
     val_loss: float | None = None  # at the end of training
     flops_budget: float | None = None  # the job's train.flops_budget
     depth: int | None = None  # and its model.depth
+    seed: int | None = None  # and its seed: the scaling report averages a (budget, size) over seeds
     plan: dict[str, Any] = field(default_factory=dict)  # plan.json (nanogpt/sweeps/budgets.py): N, D, C
     # Downstream tasks scored during training (train.eval_tasks): metric (hellaswag_acc, ...) -> [(iter, value)].
     task_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -123,6 +125,7 @@ def read_job(path: str) -> Job:
         val_loss=status.get("val_loss", evals[max(evals)] if evals else None),
         flops_budget=_number(config.get("train", {}).get("flops_budget"), float),
         depth=_number(config.get("model", {}).get("depth"), int),
+        seed=_number(config.get("seed"), int),
         plan=_read_json(os.path.join(path, "plan.json")),
     )
 
@@ -220,11 +223,17 @@ def write_report(sweep_dir: str) -> list[str]:
         written.append(plot)
     if any(j.flops_budget is not None for j in jobs):
         # Imported here: every run.py process builds the sweep callback; only budgeted sweeps need numpy's fits.
-        from nanogpt.sweeps import isoflop
+        from nanogpt.sweeps import scaling_report
 
-        scaling_lines, plots = isoflop.report([_point(j) for j in jobs if j.flops_budget is not None], sweep_dir)
+        scaling_lines, plots = scaling_report.section(
+            [_point(j) for j in jobs if j.flops_budget is not None], sweep_dir
+        )
         lines += scaling_lines
         written += plots
+    from nanogpt.sweeps import study  # the Optuna study's section, when the sweep was one (optuna imported only then)
+
+    study_lines, study_files = study.report(sweep_dir)
+    lines, written = lines + study_lines, written + study_files
     written.insert(0, _write(os.path.join(sweep_dir, "report.md"), "\n".join(lines) + "\n"))
     return written
 
@@ -243,6 +252,7 @@ def _point(j: Job) -> isoflop.Point:
         val_loss=j.val_loss,
         tokens_per_s=j.tokens_per_s,
         depth=j.depth,
+        seed=j.seed,
     )
 
 

@@ -1,4 +1,5 @@
-"""Data sets of documents loaded through Hugging Face `datasets`: OpenWebText, a hub name, or local files.
+"""The `hf` kind of data set: documents loaded through Hugging Face `datasets` (nanogpt/data/hf_datasets.py:
+OpenWebText, a hub name, or local files), tokenized by worker processes into train.bin and val.bin.
 
 nanoGPT's recipe: the `train` split is cut into train/val by `train_test_split(test_size=val_fraction,
 seed=2357, shuffle=True)`; every document is tokenized with `encode_ordinary` and followed by one
@@ -16,12 +17,9 @@ saved as tokenizer.json; documents end with its `<|endoftext|>`.
 from __future__ import annotations
 
 import ctypes
-import glob
 import logging
-import math
 import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 from collections import deque
@@ -32,32 +30,23 @@ import numpy as np
 from tqdm import tqdm
 
 from nanogpt import tokenizer as tok
-from nanogpt.bits_per_byte import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
-from nanogpt.data import hub
-from nanogpt.data.tokens import SPLITS, finish_dataset, token_dtype
-from nanogpt.errors import UserError
+from nanogpt.data.hf_datasets import SPLIT_SEED, load_documents, split_documents
+from nanogpt.data.token_files import (
+    SPLITS,
+    finish_dataset,
+    forget_meta,
+    remove_work_folders,
+    token_dtype,
+    tokenized_meta,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
-SPLIT_SEED = 2357  # nanoGPT's seed for the train/val split of OpenWebText
 DOC_SEPARATOR = "\n"  # between documents with the character tokenizer
-# `datasets` builders for local files, by extension (compressed files keep the builder of their inner one).
-_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-    ".txt": "text",
-    ".text": "text",
-    ".md": "text",
-}
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 _RANGES_IN_FLIGHT = 2  # tasks queued per worker: enough to keep them busy, few enough to bound memory
 _ROWS_PER_READ = 8  # documents read from the memory-mapped files between two releases of their pages
 _MADV_DONTNEED = 4  # Linux
@@ -65,191 +54,63 @@ _MADV_DONTNEED = 4  # Linux
 
 def prepare_hf_dataset(data: DataConfig, out: str) -> str:
     """Tokenize the documents of `data.dataset` into `out`/{train,val}.bin and meta.json; returns `out`."""
-    if data.source is not None:
-        raise UserError(
-            f"data.source={data.source!r} and data.dataset={data.dataset!r} are both set: keep one "
-            "(data.source=null to use the dataset)"
-        )
     num_proc = data.num_proc or _cores()
     docs, source = load_documents(data, num_proc)
     os.makedirs(out, exist_ok=True)
-    _forget_previous(out)
-    extra: dict[str, Any] = {}
+    forget_meta(out)  # from here on the old set is gone: its documents may be what changed
+    remove_work_folders(out)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as work:
         splits = split_documents(docs, data.val_fraction, data.dataset or "", work)
-        tokenizer, encoder = _tokenizer(data, splits, source, num_proc, extra)
+        train = splits["train"]
+        tokenizer, extra = tok.for_dataset(
+            data,
+            chars=lambda: char_vocabulary(splits, num_proc),
+            train_texts=lambda: (batch["text"] for batch in train.iter(batch_size=1000)),
+            length=len(train),
+            trained_on=f"the train split: {len(train):,} documents of {source}",
+        )
         dtype = token_dtype(tokenizer.vocab_size)
         tmp = {split: os.path.join(work, f"{split}.bin") for split in SPLITS}
         counts: dict[str, int] = {}
         text_bytes: dict[str, int] = {}
         for split in SPLITS:
             counts[split], text_bytes[split] = write_tokens(
-                splits[split], tmp[split], encoder, dtype, num_proc, f"tokenizing {split}"
+                splits[split], tmp[split], _worker_spec(tokenizer), dtype, num_proc, f"tokenizing {split}"
             )
             log.info("%s: %s tokens from %s documents", split, f"{counts[split]:,}", f"{len(splits[split]):,}")
+        meta = tokenized_meta(
+            tokenizer,
+            counts,
+            text_bytes,
+            source,
+            val_texts=lambda: (text for batch in splits["val"].iter(batch_size=64) for text in batch["text"]),
+            subset=data.subset,
+            text_column=data.text_column,
+            documents={split: len(splits[split]) for split in SPLITS},
+            split={"val_fraction": data.val_fraction, "seed": SPLIT_SEED},
+            document_end=DOC_SEPARATOR if tokenizer.eot_token is None else tok.EOT,
+            fingerprint=getattr(docs, "_fingerprint", None),  # datasets' hash of the loaded data
+            **extra,
+        )
         if isinstance(tokenizer, tok.BPETokenizer):
-            val = (text for batch in splits["val"].iter(batch_size=64) for text in batch["text"])
-            extra["compression"] = compare_with_gpt2(val, tokenizer.encode_ordinary, "bpe")
             tokenizer.save(out)
         for split in SPLITS:  # the same file system: renames, not copies
             os.replace(tmp[split], os.path.join(out, f"{split}.bin"))
-        documents = {split: len(splits[split]) for split in SPLITS}
-    meta = {
-        "tokenizer": tokenizer.to_meta(),
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
-        **{f"{split}_tokens": counts[split] for split in SPLITS},
-        "bytes_per_token": bytes_per_token(text_bytes, counts),
-        "source": source,
-        "subset": data.subset,
-        "text_column": data.text_column,
-        "documents": documents,
-        "split": {"val_fraction": data.val_fraction, "seed": SPLIT_SEED},
-        "document_end": DOC_SEPARATOR if tokenizer.eot_token is None else tok.EOT,
-        "fingerprint": getattr(docs, "_fingerprint", None),  # datasets' hash of the loaded data
-        **extra,
-    }
     finish_dataset(out, meta)
     return out
 
 
-def _tokenizer(
-    data: DataConfig, splits: dict[str, Dataset], source: str, num_proc: int, extra: dict
-) -> tuple[tok.Tokenizer, tuple]:
-    """The data set's tokenizer, and what a worker process needs to rebuild it; a trained BPE's settings go
-    into `extra` for meta.json."""
-    if data.tokenizer == "char":
-        chars = char_vocabulary(splits, num_proc)
-        return tok.CharTokenizer(chars), ("char", chars)
-    if data.tokenizer == "bpe":
-        train = splits["train"]
-        trained_on = f"the train split: {len(train):,} documents of {source}"
-        texts = (batch["text"] for batch in train.iter(batch_size=1000))
-        tokenizer, extra["bpe"] = tok.train_bpe_for_dataset(data, texts, len(train), trained_on)
-        return tokenizer, ("bpe", tokenizer.definition)
-    return tok.GPT2Tokenizer(), ("gpt2",)
+def _worker_spec(tokenizer: tok.Tokenizer) -> tuple:
+    """What a worker process needs to rebuild `tokenizer` (a tuple pickles cheaply; a tiktoken encoding does not)."""
+    if isinstance(tokenizer, tok.CharTokenizer):
+        return ("char", tokenizer.chars)
+    if isinstance(tokenizer, tok.BPETokenizer):
+        return ("bpe", tokenizer.definition)
+    return ("gpt2",)
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _forget_previous(out: str) -> None:
-    """A rebuild starts by removing meta.json, so that a half-rebuilt data set never looks complete, and
-    the work folders of builds that were killed."""
-    meta = os.path.join(out, "meta.json")
-    if os.path.exists(meta):
-        os.remove(meta)
-    for leftover in glob.glob(os.path.join(out, ".build-*")):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-# ---- loading --------------------------------------------------------------------------------------------
-
-
-def load_documents(data: DataConfig, num_proc: int) -> tuple[Dataset, str]:
-    """The documents (one column, `data.text_column`) of the dataset's train split, and what was read.
-
-    `data.dataset` is a hub name (`openwebtext`), a folder written by `save_to_disk`, a folder of data
-    files, or a file or glob of .jsonl/.json/.csv/.parquet/.arrow/.txt files (each .txt file is one document).
-    """
-    import datasets
-
-    spec = data.dataset
-    assert spec is not None
-    path = os.path.expanduser(spec)
-    config = data.subset
-    try:
-        if os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json")):
-            loaded = datasets.load_from_disk(path)
-            source = os.path.abspath(path)
-        elif os.path.isdir(path):
-            loaded = datasets.load_dataset(path, config, num_proc=num_proc)
-            source = os.path.abspath(path)
-        elif os.path.isfile(path) or glob.has_magic(path):
-            files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-            if not files:
-                raise UserError(f"data.dataset={spec!r} matches no files: give a hub name, a folder or data files")
-            builder = _builder(files)
-            extra = {"sample_by": "document"} if builder == "text" else {}
-            loaded = datasets.load_dataset(builder, data_files=files, **extra)
-            source = os.path.abspath(path)
-        else:
-            loaded, source = hub.load(spec, config, num_proc)
-    except UserError:
-        raise
-    except Exception as e:  # the hub, the network and file parsing fail in many types
-        raise UserError(_load_error(spec, e)) from None
-    docs = _train_split(loaded, spec)
-    hub.check_conversion(spec, source, len(docs))
-    column = data.text_column
-    if column not in docs.column_names:
-        raise UserError(
-            f"data.text_column={column!r} is not a column of {spec!r} (it has {', '.join(docs.column_names)}): "
-            "set data.text_column to the one holding the text"
-        )
-    dtype = getattr(docs.features[column], "dtype", None)
-    if dtype not in ("string", "large_string"):
-        raise UserError(f"column {column!r} of {spec!r} holds {docs.features[column]}, not text: set data.text_column")
-    docs = docs.select_columns([column]).with_format(None)
-    return (docs if column == "text" else docs.rename_column(column, "text")), source
-
-
-def _builder(files: list[str]) -> str:
-    builders = set()
-    for f in files:
-        name = f.lower()
-        for suffix in _COMPRESSION:
-            name = name.removesuffix(suffix)
-        builder = _BUILDERS.get(os.path.splitext(name)[1])
-        if builder is None:
-            raise UserError(
-                f"cannot tell the format of {f!r}: data.dataset files must end in {', '.join(sorted(_BUILDERS))}"
-            )
-        builders.add(builder)
-    if len(builders) > 1:
-        raise UserError(f"data.dataset mixes file formats ({', '.join(sorted(builders))}): give files of one format")
-    return builders.pop()
-
-
-def _load_error(spec: str, e: Exception) -> str:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return (
-        f"cannot load data.dataset={spec!r} ({type(e).__name__}: {first}): check the name (and "
-        "data.subset), download it once with network (datasets caches it), or give local files"
-    )
-
-
-def _train_split(loaded: Any, spec: str) -> Dataset:
-    """The split to cut train/val from: `train`, or the only split there is (nanoGPT ignores the others)."""
-    if not hasattr(loaded, "keys"):  # a single Dataset
-        return loaded
-    names = list(loaded.keys())
-    if "train" in loaded:
-        return loaded["train"]
-    if len(names) == 1:
-        return loaded[names[0]]
-    raise UserError(f"data.dataset={spec!r} has splits {', '.join(names)} and none is called train: save one split")
-
-
-def split_documents(docs: Dataset, val_fraction: float, spec: str, work_dir: str) -> dict[str, Dataset]:
-    """nanoGPT's split: a seeded shuffle of the documents, `val_fraction` of them held out as `val`.
-
-    Only indices are shuffled, written to `work_dir` (8 bytes a document); the text is not copied."""
-    n = len(docs)
-    if math.ceil(val_fraction * n) >= n:  # datasets' rounding: ceil for the held-out part
-        raise UserError(
-            f"data.dataset={spec!r} has {n} documents: too few to hold out data.val_fraction={val_fraction} "
-            "of them and keep some for training; give more documents or lower data.val_fraction"
-        )
-    parts = docs.train_test_split(
-        test_size=val_fraction,
-        seed=SPLIT_SEED,
-        shuffle=True,
-        train_indices_cache_file_name=os.path.join(work_dir, "train-indices.arrow"),
-        test_indices_cache_file_name=os.path.join(work_dir, "val-indices.arrow"),
-    )
-    return {"train": parts["train"], "val": parts["test"]}
 
 
 # ---- tokenizing, in worker processes --------------------------------------------------------------------

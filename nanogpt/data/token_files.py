@@ -8,7 +8,7 @@
 
 or, for the large sets, shards instead of the two .bin files:
 
-        val_000000.bin train_000000.bin ...   llm.c-format shards (nanogpt/data/llmc.py: a 1024-byte header,
+        val_000000.bin train_000000.bin ...   llm.c-format shards (nanogpt/data/llmc_shards.py: a 1024-byte header,
                                               then the tokens), listed in meta.json's `shards` in order:
                                               {"train": [{"file": ..., "tokens": n}, ...], "val": [...]}
 
@@ -19,17 +19,25 @@ exists and its token files have the sizes it states.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nanogpt.atomic import atomic_write
+from nanogpt.bits_per_byte import bytes_per_token, compare_with_gpt2
 from nanogpt.config import DataConfig
-from nanogpt.data import llmc
+from nanogpt.data import llmc_shards as llmc
 from nanogpt.errors import UserError
+
+if TYPE_CHECKING:
+    from nanogpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,7 @@ SPLITS = ("train", "val")
 
 
 def dataset_dir(data: DataConfig, data_dir: str) -> str:
-    return os.path.join(data_dir, data.name)
+    return data.dir or os.path.join(data_dir, data.name)
 
 
 def read_meta(path: str) -> dict:
@@ -47,6 +55,10 @@ def read_meta(path: str) -> dict:
         with open(meta_path) as f:
             meta = json.load(f)
     except FileNotFoundError:
+        from nanogpt.data import nanogpt_folder  # train.bin + val.bin (+ meta.pkl) as nanoGPT wrote them
+
+        if nanogpt_folder.is_folder(path):
+            return nanogpt_folder.read_meta(path)
         raise UserError(f"{path} is not prepared (no meta.json): run python prepare.py data=...") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is corrupt ({e}): prepare the data set again with force=true") from None
@@ -102,20 +114,43 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_dataset(out: str, ids: dict[str, list[int]], meta: dict) -> None:
-    """Write the token files of a data set small enough to hold in memory."""
-    for split in SPLITS:
-        if not ids[split]:
-            raise UserError(
-                f"the {split} split is empty: the source text is too short for data.val_fraction; give more text"
-            )
-    dtype = token_dtype(meta["vocab_size"])
-    os.makedirs(out, exist_ok=True)
-    for split in SPLITS:
-        arr = np.asarray(ids[split], dtype=dtype)
-        atomic_write(os.path.join(out, f"{split}.bin"), arr.tobytes())
-        log.info("%s: %s tokens", split, f"{len(arr):,}")
-    finish_dataset(out, {**meta, "dtype": dtype.name, **{f"{s}_tokens": len(ids[s]) for s in SPLITS}})
+def tokenized_meta(
+    tokenizer: Tokenizer,
+    counts: dict[str, int],
+    text_bytes: dict[str, int],
+    source: str,
+    val_texts: Callable[[], Iterable[str]],
+    **extra: Any,
+) -> dict:
+    """meta.json of a data set tokenized here (not of shards tokenized elsewhere): the tokenizer, the token files'
+    dtype and counts, bytes per token, where the text came from, `extra`; and a trained BPE's compression against
+    GPT-2's on the validation text."""
+    from nanogpt.tokenizer import BPETokenizer
+
+    meta = {
+        "tokenizer": tokenizer.to_meta(),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        **{f"{split}_tokens": counts[split] for split in SPLITS},
+        "bytes_per_token": bytes_per_token(text_bytes, counts),
+        "source": source,
+        **extra,
+    }
+    if isinstance(tokenizer, BPETokenizer):
+        meta["compression"] = compare_with_gpt2(val_texts(), tokenizer.encode_ordinary, "bpe")
+    return meta
+
+
+def forget_meta(out: str) -> None:
+    """Remove meta.json before any token file is replaced, so a half-rebuilt data set never looks complete."""
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.remove(os.path.join(out, "meta.json"))
+
+
+def remove_work_folders(out: str) -> None:
+    """The `.build-*` work folders of preparations that were killed (a finished one removes its own)."""
+    for leftover in glob.glob(os.path.join(glob.escape(out), ".build-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def finish_dataset(out: str, meta: dict) -> None:

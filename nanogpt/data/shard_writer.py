@@ -24,7 +24,7 @@ import numpy as np
 from nanogpt import tokenizer as tok
 from nanogpt.atomic import atomic_write
 from nanogpt.config import DataConfig
-from nanogpt.data import llmc
+from nanogpt.data import llmc_shards as llmc
 from nanogpt.errors import UserError
 
 log = logging.getLogger(__name__)
