@@ -11,6 +11,7 @@ A checkpoint is written whole into a temporary folder, fsynced and renamed; only
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -113,6 +114,15 @@ def _prune(root: str, keep_last: int) -> None:
                 os.remove(path)
             else:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def file_sha256(path: str) -> str:
+    """A weights file's sha256, read in chunks (a GPT-2 XL's weights are 6 GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_info(ckpt: str) -> dict[str, Any]:

@@ -197,6 +197,20 @@ class TasksConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """What a finetune trains (`conf/finetune/`): every weight, or low-rank adapters over frozen ones (LoRA, through
+    peft: nanogpt/lora.py). LoRA's checkpoints hold only the adapters and a sha256-checked pointer to the base."""
+
+    method: str = "full"  # full | lora
+    rank: int = 8  # lora: the rank r of each adapter's update B @ A
+    alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    dropout: float = 0.0  # lora: dropout on an adapter's input (the frozen path has none)
+    # lora: the linear layers to adapt, by module name: c_attn (q, k, v), c_proj (attention's and the MLP's output
+    # projections), c_fc (the MLP's input), lm_head
+    targets: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+
+@dataclass
 class RunConfig:
     """`run.py`: train, finetune or evaluate a model."""
 
@@ -208,6 +222,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: TasksConfig = field(default_factory=TasksConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     name: str = "default"  # experiment name: outputs/<name>/<date>_<time>/
     seed: int = 1337
     # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | <Hugging Face dir> | <run dir>: a run dir of ours
@@ -228,7 +243,20 @@ class PrepareConfig:
 
 
 @dataclass
-class SampleConfig:
+class SamplingConfig:
+    """How tokens are drawn, for `sample.py` and `chat.py` alike (each entry point's schema extends it)."""
+
+    max_new_tokens: int = 500  # chat.py: the most tokens of one reply
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # keep only the k likeliest tokens; None: all
+    top_p: float | None = None  # nucleus sampling: keep the smallest set with this much probability
+    seed: int = 1337
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class SampleConfig(SamplingConfig):
     """`sample.py`: generate text from a run's checkpoint or an OpenAI GPT-2."""
 
     run: str | None = None  # run dir whose best (else latest) checkpoint to sample from
@@ -237,14 +265,17 @@ class SampleConfig:
     checkpoint: str = "best"  # best | latest
     start: str = "\n"  # the prompt, or FILE:<path> to read it from a file
     num_samples: int = 3
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = None  # keep only the k likeliest tokens; None: all
-    top_p: float | None = None  # nucleus sampling: keep the smallest set with this much probability
     stop: str | None = None  # stop a sample when this text is generated (e.g. "<|endoftext|>")
-    seed: int = 1337
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class ChatConfig(SamplingConfig):
+    """`chat.py`: a multi-turn conversation in the terminal with a chat run (one finetuned on conversations)."""
+
+    run: str | None = None  # run dir whose best (else latest) checkpoint to chat with; a LoRA run's base + adapter
+    checkpoint: str = "best"  # best | latest
+    system: str | None = None  # a system message to start the conversation with (`/system <text>` changes it)
+    prompt: str | None = None  # answer this one message, print the reply and exit (for scripts); None: the REPL
 
 
 @dataclass

@@ -16,6 +16,7 @@ from nanogpt import tokenizer as tok
 from nanogpt.config import GPT2_ACTIVATIONS, PRETRAINED, ModelConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
+from nanogpt.tokenizer import CHAT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ def to_huggingface(
         eos_token_id=eot,
     )
     hf = GPT2LMHeadModel(hf_cfg)
+    chat = _chat_ids(tokenizer_meta, trained)
+    if chat:  # a reply ends at <|end|>: generate() stops there, as chat.py does
+        hf.generation_config.eos_token_id = [chat[CHAT_TOKENS[-1]], eot]
     ours = model.state_dict()
     with torch.no_grad():
         for k, v in hf.state_dict().items():
@@ -143,9 +147,9 @@ def to_huggingface(
     try:
         hf.save_pretrained(tmp)
         if kind == "gpt2":
-            _save_gpt2_tokenizer(tmp)
+            _save_gpt2_tokenizer(tmp, chat)
         elif isinstance(trained, tok.BPETokenizer):
-            _save_trained_tokenizer(trained, tmp, c.block_size)
+            _save_trained_tokenizer(trained, tmp, c.block_size, chat)
         else:
             with open(os.path.join(tmp, "char_vocab.json"), "w", encoding="utf-8") as f:
                 json.dump(tokenizer_meta.get("chars"), f, ensure_ascii=False)
@@ -172,9 +176,31 @@ def _replace_folder(new: str, out_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _save_gpt2_tokenizer(out_dir: str) -> None:
+def _chat_ids(tokenizer_meta: dict, trained: tok.BPETokenizer | None) -> dict[str, int]:
+    """The chat markers' ids where the vocabulary holds them (a chat run's), else {}."""
+    if tokenizer_meta.get("kind") == "gpt2":
+        special = tok.GPT2Tokenizer(chat=bool(tokenizer_meta.get("chat"))).special_tokens
+    else:
+        special = trained.special_tokens if trained is not None else {}
+    return {t: special[t] for t in CHAT_TOKENS} if all(t in special for t in CHAT_TOKENS) else {}
+
+
+def _add_chat_template(hf_tokenizer, chat: dict[str, int]) -> None:
+    """The chat markers as special tokens at our ids, and our template as Jinja: `apply_chat_template` then gives
+    the ids nanogpt/chat/template.py gives."""
+    from nanogpt.chat.template import JINJA
+
+    hf_tokenizer.add_special_tokens({"additional_special_tokens": list(chat)})
+    got = {t: hf_tokenizer.convert_tokens_to_ids(t) for t in chat}
+    if got != chat:  # they take the next free ids, which are ours: say so if that ever changes
+        raise AssertionError(f"the exported tokenizer gave the chat markers {got}, not {chat}")
+    hf_tokenizer.chat_template = JINJA
+
+
+def _save_gpt2_tokenizer(out_dir: str, chat: dict[str, int]) -> None:
     """GPT-2's tokenizer files, from the offline copy of OpenAI's BPE files: `vocab.json` and `merges.txt`
-    (OpenAI's `encoder.json` and `vocab.bpe` under the names transformers reads) plus transformers' own."""
+    (OpenAI's `encoder.json` and `vocab.bpe` under the names transformers reads) plus transformers' own; a chat
+    run's with its markers and chat template."""
     from transformers import GPT2TokenizerFast
 
     from nanogpt.tokenizer import gpt2_bpe_files
@@ -182,10 +208,14 @@ def _save_gpt2_tokenizer(out_dir: str) -> None:
     files = gpt2_bpe_files()
     shutil.copyfile(files["encoder.json"], os.path.join(out_dir, "vocab.json"))
     shutil.copyfile(files["vocab.bpe"], os.path.join(out_dir, "merges.txt"))
-    GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024).save_pretrained(out_dir)
+    fast = GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024)
+    if chat:
+        _add_chat_template(fast, chat)
+    fast.save_pretrained(out_dir)
+    _update_tokenizer_config(out_dir, {}, chat)
 
 
-def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size: int) -> None:
+def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size: int, chat: dict[str, int]) -> None:
     """A trained BPE as transformers' fast tokenizer: its tokenizer.json as it is, `<|endoftext|>` as the
     beginning and end of sequence, and no clean-up of spaces on decoding (ours decodes bytes as they are)."""
     from tokenizers import Tokenizer
@@ -198,11 +228,21 @@ def _save_trained_tokenizer(trained: tok.BPETokenizer, out_dir: str, block_size:
         model_max_length=block_size,
         clean_up_tokenization_spaces=False,
     )
+    if chat:
+        _add_chat_template(fast, chat)
     fast.save_pretrained(out_dir)
     # transformers 5 names the class TokenizersBackend, which 4.x does not know; both load this name.
+    _update_tokenizer_config(out_dir, {"tokenizer_class": "PreTrainedTokenizerFast"}, chat)
+
+
+def _update_tokenizer_config(out_dir: str, keys: dict, chat: dict[str, int]) -> None:
+    """tokenizer_config.json with `keys` set, and a chat run's `chat_template`: transformers 5 saves the template
+    as chat_template.jinja only, which transformers 4 before 4.43 does not read; both read it here."""
+    from nanogpt.chat.template import JINJA
+
     path = os.path.join(out_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.update(keys, **({"chat_template": JINJA} if chat else {}))
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)

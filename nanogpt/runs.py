@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, lora
 from nanogpt import tokenizer as tok
+from nanogpt.checkpoint import file_sha256
 from nanogpt.config import ModelConfig, RunConfig
 from nanogpt.errors import UserError
 from nanogpt.from_nanogpt import is_checkpoint as is_nanogpt_checkpoint
@@ -47,15 +47,19 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
 
 
 def load_run(run_dir: str, which: str = "best") -> LoadedRun:
-    """The model and tokenizer of a run's `best` (else `latest`) checkpoint, or of a nanoGPT checkpoint."""
+    """The model and tokenizer of a run's `best` (else `latest`) checkpoint, or of a nanoGPT checkpoint; a LoRA
+    run's adapters merged into the base they point at (a plain GPT, as fast as the base)."""
     if is_nanogpt_checkpoint(run_dir):
         from nanogpt.from_nanogpt.checkpoint import load_run as load_nanogpt_run
 
         return load_nanogpt_run(run_dir)
     ckpt = find_checkpoint(run_dir, which)
     info = checkpoint.load_info(ckpt)
-    model = GPT(ModelConfig(**info["model"]))
-    checkpoint.load_weights(model, ckpt)
+    if lora.holds_adapter(info):
+        model = lora.merge(lora.load_adapted(info, ckpt))
+    else:
+        model = GPT(ModelConfig(**info["model"]))
+        checkpoint.load_weights(model, ckpt)
     return LoadedRun(model, info["data_vocab_size"], ckpt, info, run_dir)
 
 
@@ -71,6 +75,8 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
     log.info(
         "exported %s (iter %s) to %s: GPT2LMHeadModel.from_pretrained(%r) loads it", ckpt, info.get("iter"), out, out
     )
+    if lora.holds_adapter(info):
+        log.info("LoRA adapters merged into the base weights (%s)", info["finetune"]["base"])
     if info["model"]["vocab_size"] != vocab:
         log.info("vocabulary padding trimmed: %d -> %d ids", info["model"]["vocab_size"], vocab)
     if not info["model"]["bias"]:
@@ -89,7 +95,8 @@ def export_run(run_dir: str, out_dir: str | None = None, which: str = "best") ->
 
 
 def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, dict[str, Any]]:
-    """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary)."""
+    """The model to train and the facts its checkpoints record (shape, tokenizer, vocabulary); with
+    finetune=lora, adapters over the frozen model, and the pointer to that base."""
     # Here, not at the top: sampling and export load a run without the data modules (and what they import).
     from nanogpt.data.prepare import check_prepared_as_asked
     from nanogpt.data.token_files import read_meta
@@ -101,9 +108,27 @@ def build_model(cfg: RunConfig, ckpt: str | None, data_path: str) -> tuple[GPT, 
         info = checkpoint.load_info(ckpt)
         saved = ModelConfig(**info["model"])
         _check_same_model(cfg, saved, info, meta, ckpt)
+        if lora.holds_adapter(info):
+            lora.check_resumed(cfg.finetune, info, ckpt)
+            return lora.load_adapted(info, ckpt, dropout=cfg.model.dropout), info
         model = GPT(dataclasses.replace(saved, dropout=cfg.model.dropout))
         checkpoint.load_weights(model, ckpt)
         return model, info
+    model, info = _initial(cfg, meta, data_path)
+    if cfg.finetune.method == "lora":
+        info["finetune"] = lora.record(cfg.finetune, info["init_from"], model)
+        model = lora.attach(model, cfg.finetune)
+        log.info(
+            "finetune=lora: %s trainable adapter weights over %s frozen ones",
+            f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+            f"{sum(p.numel() for p in model.parameters() if not p.requires_grad):,}",
+        )
+    return model, info
+
+
+def _initial(cfg: RunConfig, meta: dict, data_path: str) -> tuple[GPT, dict[str, Any]]:
+    """The model a new run starts from: scratch, one of our runs, a nanoGPT checkpoint, or OpenAI's GPT-2 (or a
+    Hugging Face folder)."""
     if cfg.init_from == "scratch":
         vocab = cfg.model.vocab_size or _pad(meta["vocab_size"], cfg.model.pad_vocab_multiple)
         model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab))
@@ -229,14 +254,6 @@ def _warn_unused_shape(asked: ModelConfig, saved: ModelConfig, run_dir: str) -> 
             "model.block_size=%d is longer than init_from=%s was trained for: it keeps its %d",
             asked.block_size, run_dir, saved.block_size,
         )  # fmt: skip
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_same_model(cfg: RunConfig, saved: ModelConfig, info: dict, meta: dict, ckpt: str) -> None:

@@ -102,14 +102,14 @@ def sample(cfg: SampleConfig, out: TextIO = sys.stdout) -> list[str]:
                 vocab_limit=vocab,
                 generator=generator,
             )
-            text = _print_stream((int(t) for t in stream), tokenizer, cfg.stop, out)
+            text = print_stream((int(t) for t in stream), tokenizer, cfg.stop, out)
         out.write("\n---------------\n")
         out.flush()
         samples.append(text)
     return samples
 
 
-def _print_stream(tokens: Iterator[int], tokenizer: tok.Tokenizer, stop: str | None, out: TextIO) -> str:
+def print_stream(tokens: Iterator[int], tokenizer: tok.Tokenizer, stop: str | None, out: TextIO) -> str:
     """Print the text of `tokens` as they come and return it, up to `stop` if it appears.
 
     A byte-level BPE token can end inside a multi-byte character (a Chinese character is 3 bytes, an emoji 4, and

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nanogpt import checkpoint, distributed, optim, runs
+from nanogpt import checkpoint, distributed, lora, optim, runs
 from nanogpt import device as devices
 from nanogpt import tokenizer as tok
 from nanogpt.config import RunConfig
@@ -62,6 +62,8 @@ class Trainer:
             weights, opt_states = distributed.full_state(self.raw_model, self.optimizers, self.dist)
         else:
             weights, opt_states = self.raw_model, [opt.state_dict() for opt in self.optimizers]
+            if lora.is_adapted(self.raw_model):  # the adapters only; info.json points at the frozen base
+                weights = lora.adapter_weights(self.raw_model)
         trainer_state = {
             "optimizers": opt_states,
             "scaler": self.scaler.state_dict(),

@@ -12,6 +12,7 @@ from nanogpt.config import (
     BPE_MIN_VOCAB,
     PRETRAINED,
     TOKENIZERS,
+    ChatConfig,
     DataConfig,
     DeviceConfig,
     EvalConfig,
@@ -21,6 +22,7 @@ from nanogpt.config import (
     PrepareConfig,
     RunConfig,
     SampleConfig,
+    SamplingConfig,
     ServeConfig,
     TrainConfig,
 )
@@ -45,6 +47,7 @@ def validate(cfg: Any) -> None:
         _check_device(cfg.device)
         _check_data(cfg.data)
         _check_tasks(cfg)
+        _check_finetune(cfg)
         _check(
             cfg.init_from_checkpoint in ("best", "latest"),
             f"init_from_checkpoint={cfg.init_from_checkpoint!r}: use best or latest",
@@ -57,6 +60,12 @@ def validate(cfg: Any) -> None:
     elif isinstance(cfg, ServeConfig):
         _check_serve(cfg)
         _check_device(cfg.device)
+    elif isinstance(cfg, ChatConfig):
+        _check(cfg.run is not None, "give run=<run dir> to chat with (a run finetuned on conversations)")
+        _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+        _check(cfg.prompt is None or bool(cfg.prompt.strip()), "prompt is empty: give prompt='your message'")
+        _check_sampling(cfg)
+        _check_device(cfg.device)
     elif isinstance(cfg, EvalConfig):
         _check_tasks(cfg)
     elif isinstance(cfg, ExportConfig):
@@ -65,6 +74,26 @@ def validate(cfg: Any) -> None:
             "give run=<run dir> (or init_from=<nanoGPT ckpt.pt>) to export (out=<folder>, else <run dir>/huggingface)",
         )
         _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
+
+
+def _check_finetune(cfg: RunConfig) -> None:
+    """LoRA's settings; whether its targets exist is for the model to say (nanogpt/lora.py)."""
+    f = cfg.finetune
+    _check(f.method in ("full", "lora"), f"finetune.method={f.method!r}: use full or lora (finetune=lora)")
+    if f.method == "full":
+        return
+    _check(f.rank > 0, f"finetune.rank={f.rank} must be > 0")
+    _check(f.alpha > 0, f"finetune.alpha={f.alpha} must be > 0")
+    _check(0.0 <= f.dropout < 1.0, f"finetune.dropout={f.dropout} must be in [0, 1)")
+    _check(bool(f.targets), "finetune.targets=[] adapts nothing: give some of c_attn, c_proj, c_fc, lm_head")
+    _check(
+        cfg.init_from != "scratch",
+        "finetune=lora trains adapters over a trained model: give init_from=<run dir | gpt2... | Hugging Face dir>",
+    )
+    _check(
+        cfg.train.parallel == "ddp",
+        "finetune=lora keeps the base weights frozen and whole on every process: use train.parallel=ddp",
+    )
 
 
 def _check_model(m: ModelConfig) -> None:
@@ -115,6 +144,11 @@ def _check_sample(cfg: SampleConfig) -> None:
     )
     _check(cfg.checkpoint in ("best", "latest"), f"checkpoint={cfg.checkpoint!r}: use best or latest")
     _check(cfg.num_samples > 0, f"num_samples={cfg.num_samples} must be > 0")
+    _check_sampling(cfg)
+
+
+def _check_sampling(cfg: SamplingConfig) -> None:
+    """The sampling fields sample.py and chat.py share."""
     _check(cfg.max_new_tokens > 0, f"max_new_tokens={cfg.max_new_tokens} must be > 0")
     _check(cfg.temperature >= 0, f"temperature={cfg.temperature} must be >= 0 (0 is greedy)")
     _check(cfg.top_k is None or cfg.top_k > 0, f"top_k={cfg.top_k} must be > 0 (or null for all)")

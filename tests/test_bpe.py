@@ -176,7 +176,7 @@ def test_every_evaluation_logs_bits_per_byte(bpe_run):
 
 def test_streamed_samples_never_split_a_character(ours):
     """Tokens fed one at a time: every piece printed is whole characters, though tokens end inside them."""
-    from nanogpt.sampling import _print_stream
+    from nanogpt.sampling import print_stream
 
     class Pieces(io.StringIO):
         def write(self, s: str) -> int:
@@ -185,12 +185,12 @@ def test_streamed_samples_never_split_a_character(ours):
 
     for s in ROUND_TRIP[:5]:
         out = Pieces()
-        assert _print_stream(iter(ours.encode_ordinary(s)), ours, None, out) == s and out.getvalue() == s
+        assert print_stream(iter(ours.encode_ordinary(s)), ours, None, out) == s and out.getvalue() == s
     # The test means something: characters the corpus never had are cut into byte tokens.
     ids = ours.encode_ordinary(ROUND_TRIP[1])
     assert any(ours.decode(ids[:i]).endswith("\ufffd") for i in range(1, len(ids)))
     out = Pieces()
-    assert _print_stream(iter(ours.encode_ordinary(ROUND_TRIP[0])), ours, "。", out) == "床前明月光，疑是地上霜"
+    assert print_stream(iter(ours.encode_ordinary(ROUND_TRIP[0])), ours, "。", out) == "床前明月光，疑是地上霜"
     assert out.getvalue() == "床前明月光，疑是地上霜"
 
 

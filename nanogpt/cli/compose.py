@@ -11,12 +11,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt.config import EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig
+from nanogpt.config import ChatConfig, EvalConfig, ExportConfig, PrepareConfig, RunConfig, SampleConfig, ServeConfig
 from nanogpt.errors import UserError
 from nanogpt.validation import validate
 
 # Groups chosen at composition time: a saved run's config cannot switch them, only change keys.
-GROUPS = ("model", "data", "optim", "device", "logger", "experiment")
+GROUPS = ("model", "data", "optim", "device", "logger", "finetune", "experiment")
 
 # Each entry point's conf/<name>.yaml starts from one of these (its defaults list names it).
 SCHEMAS = {
@@ -25,6 +25,7 @@ SCHEMAS = {
     "sample_schema": SampleConfig,
     "export_schema": ExportConfig,
     "eval_schema": EvalConfig,
+    "chat_schema": ChatConfig,
     "serve_schema": ServeConfig,
 }
 
