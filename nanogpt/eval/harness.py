@@ -161,7 +161,8 @@ class NanoGPTLM(LM):
     @property
     def tokenizer_name(self) -> str:
         """Part of the harness's request-cache key: the vocabulary and the template."""
-        return f"nanogpt-{self.scorer.tokenizer.to_meta().get('kind', 'unknown')}-chat"
+        tokenizer = self.scorer.tokenizer
+        return f"nanogpt-{tokenizer.to_meta().get('kind', 'unknown')}{tokenizer.vocab_size}-chat"
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return JINJA if self.template is not None else None
@@ -170,7 +171,7 @@ class NanoGPTLM(LM):
         """The harness's messages as our template renders them. Without a generation prompt the harness has begun
         the reply itself (a task's `gen_prefix`): that last turn is left open for the model to continue."""
         if self.template is None:
-            raise UserError("this harness run asked for the chat template without chat=true: give chat=true")
+            raise RuntimeError("NanoGPTLM was built without a chat template: give it template=ChatTemplate.of(...)")
         messages = [{"role": m["role"], "content": m["content"]} for m in chat_history]
         options = {"add_generation_prompt": add_generation_prompt, "continue_final": not add_generation_prompt}
         text = self.template.render(messages, **options)
@@ -211,7 +212,7 @@ class NanoGPTLM(LM):
         return totals
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        if context in self.rendered:  # a chat prompt ends in a marker: nothing for BPE to merge across
+        if context in self.rendered:  # the template's ids, never re-tokenized; the answer follows them as text
             return self._context(context), self.scorer.encode(continuation)
         if not context:
             cont = self.scorer.encode(continuation)
