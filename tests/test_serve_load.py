@@ -168,3 +168,34 @@ def test_the_near_tie_rule_counts_ties_and_refuses_other_differences():
         worst = int(model(torch.tensor([prompt]))[0][0, -1].argmin())
     with pytest.raises(AssertionError, match="logits .* apart"):
         greedy_near_ties(model, prompt, [worst], 101)
+
+
+@pytest.mark.slow
+def test_a_full_queue_is_a_503_and_frees_nothing_it_holds(tmp_path):
+    """max_batch=1, max_queue=1: one request decoding, one queued, a third refused with 503 at once (the first two
+    are far from done: thousands of tokens each); once the clients of the first two hang up, the server serves again."""
+    run = save_run(tmp_path / "queuerun", {"kind": "char", "chars": CHARS}, len(CHARS), block_size=8192)
+    s = start_server(tmp_path, f"run={run}", "max_batch=1", "max_queue=1", "device.device=cpu")
+    client = s.client()
+    long = {"model": "queuerun", "prompt": "Go", "max_tokens": 8000, "stream": True}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        with (
+            httpx.stream("POST", f"{s.url}/v1/completions", json=long, headers=auth, timeout=60) as first,
+            httpx.stream("POST", f"{s.url}/v1/completions", json=long, headers=auth, timeout=60) as second,
+        ):
+            # Kept until the end: a line iterator closed early closes its connection, a hang-up.
+            lines = first.iter_lines()
+            assert next(lines).startswith("data: {")  # decoding
+            assert first.status_code == second.status_code == 200
+            assert (health(s)["active"], health(s)["queued"]) == (1, 1)
+            with pytest.raises(openai.InternalServerError) as refused:
+                client.completions.create(model="queuerun", prompt="Hi", max_tokens=4)
+            still = health(s)
+            assert (still["active"], still["queued"]) == (1, 1), "the first two ended before the third was refused"
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "queue_full" and "queue is full" in refused.value.body["message"]
+        settled_rss(s)  # both hung up: their row and their queue slot are free again
+        assert client.completions.create(model="queuerun", prompt="Hi", max_tokens=4).usage.completion_tokens == 4
+    finally:
+        stop_server(s)
