@@ -8,7 +8,9 @@ to what it held when idle. Greedy replies are checked against the model decoding
 
 from __future__ import annotations
 
+import json
 import random
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,12 +172,18 @@ def test_the_near_tie_rule_counts_ties_and_refuses_other_differences():
         greedy_near_ties(model, prompt, [worst], 101)
 
 
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory) -> Path:
+    """A run whose replies can be thousands of tokens long: seconds of decoding, long past a test's next steps."""
+    return save_run(tmp_path_factory.mktemp("long") / "queuerun", {"kind": "char", "chars": CHARS}, len(CHARS),
+                    block_size=8192)  # fmt: skip
+
+
 @pytest.mark.slow
-def test_a_full_queue_is_a_503_and_frees_nothing_it_holds(tmp_path):
+def test_a_full_queue_is_a_503_and_keeps_what_it_holds(long_run):
     """max_batch=1, max_queue=1: one request decoding, one queued, a third refused with 503 at once (the first two
     are far from done: thousands of tokens each); once the clients of the first two hang up, the server serves again."""
-    run = save_run(tmp_path / "queuerun", {"kind": "char", "chars": CHARS}, len(CHARS), block_size=8192)
-    s = start_server(tmp_path, f"run={run}", "max_batch=1", "max_queue=1", "device.device=cpu")
+    s = start_server(long_run.parent, f"run={long_run}", "max_batch=1", "max_queue=1", "device.device=cpu")
     client = s.client()
     long = {"model": "queuerun", "prompt": "Go", "max_tokens": 8000, "stream": True}
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -199,3 +207,44 @@ def test_a_full_queue_is_a_503_and_frees_nothing_it_holds(tmp_path):
         assert client.completions.create(model="queuerun", prompt="Hi", max_tokens=4).usage.completion_tokens == 4
     finally:
         stop_server(s)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_what_outlasts_the_grace_period_with_an_error_and_done(long_run):
+    """SIGTERM with shutdown_timeout=1: a stream still decoding after a second, one still queued, and a non-streaming
+    request still queued each get a last answer saying the server shut down (an error object, then [DONE], or a 503)
+    rather than a connection closed mid-stream, and the server exits 0 soon after."""
+    s = start_server(long_run.parent, f"run={long_run}", "max_batch=1", "max_queue=2", "device.device=cpu",
+                     "shutdown_timeout=1")  # fmt: skip
+    long = {"model": "queuerun", "prompt": "Go", "max_tokens": 8000, "stream": True}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        with (
+            httpx.stream("POST", f"{s.url}/v1/completions", json=long, headers=auth, timeout=60) as first,
+            httpx.stream("POST", f"{s.url}/v1/completions", json=long, headers=auth, timeout=60) as second,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            lines = first.iter_lines()
+            assert next(lines).startswith("data: {")
+            third = pool.submit(httpx.post, f"{s.url}/v1/completions", json={**long, "stream": False}, headers=auth,
+                                timeout=60)  # fmt: skip
+            deadline = time.monotonic() + 10
+            while health(s)["queued"] < 2:
+                assert time.monotonic() < deadline, health(s)
+                time.sleep(0.01)
+            signalled = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+            queued = [line for line in second.iter_lines() if line]
+            refused = third.result()
+        code = s.proc.wait(timeout=20)
+        waited = time.monotonic() - signalled
+    finally:
+        stop_server(s)
+    assert code == 0 and "Traceback" not in s.log.read_text()
+    assert 1.0 <= waited < 10, waited
+    for stream in (rest, queued):
+        assert stream[-1] == "data: [DONE]"
+        assert json.loads(stream[-2][len("data: ") :])["error"]["code"] == "server_shutdown", stream[-2:]
+    assert len(rest) > 3  # the first decoded through the grace period: chunks, then the error and [DONE]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutdown"
