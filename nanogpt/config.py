@@ -320,6 +320,9 @@ class EvalConfig:
     harness: list[str] = field(default_factory=list)  # lm-evaluation-harness task names or task YAML paths
     limit: int | None = None  # the first K examples of each task; None: all
     num_fewshot: int | None = None  # harness tasks: examples shown before each question; None: each task's default
+    # harness tasks: prompts as chat turns through the run's chat template (nanogpt/chat/template.py), replies
+    # ending at <|end|>; the run must have been finetuned on conversations
+    chat: bool = False
     out: str | None = None  # the results file; None: <run>/eval/<checkpoint>.json, or outputs/eval/<model>.json
     seed: int = 1234  # harness tasks: few-shot draws and sampled generations
     eval: TasksConfig = field(default_factory=TasksConfig)

@@ -112,22 +112,7 @@ def _train_loop(tr: Trainer) -> Result:
                         loss = loss * batches.weight(state.iter, index) / accum
                     scaler.scale(loss).backward()
                 step_loss += loss.detach()
-            if train_cfg.skip_nonfinite and not math.isfinite(
-                distributed.all_reduce_mean(step_loss.clone(), dist).item()
-            ):
-                log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", state.iter)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                step_loss.fill_(0.0)  # skipped steps do not stop the run at the next log
-            else:
-                if optim_cfg.grad_clip > 0:
-                    for opt in optimizers:
-                        scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), optim_cfg.grad_clip)
-                for opt in optimizers:
-                    scaler.step(opt)
-                    opt.zero_grad(set_to_none=True)
-                scaler.update()
+            _update(tr, step_loss)  # clip and step (or skip a non-finite step)
             pending.append((state.iter, step_loss, lr))
             bar.advance()
 
@@ -150,6 +135,27 @@ def _train_loop(tr: Trainer) -> Result:
         bar.close()
         stop.restore()
     return Result(tr.run_dir, state.iter, state.best_val_loss, last_train_loss, val_loss)
+
+
+def _update(tr: Trainer, step_loss: torch.Tensor) -> None:
+    """The optimizer step on the accumulated gradients, clipped; a non-finite step is skipped when asked."""
+    optimizers, scaler, optim_cfg = tr.optimizers, tr.scaler, tr.cfg.optim
+    if tr.cfg.train.skip_nonfinite and not math.isfinite(
+        distributed.all_reduce_mean(step_loss.clone(), tr.dist).item()
+    ):
+        log.warning("iter %d: the loss is not finite; skipping this step (train.skip_nonfinite)", tr.state.iter)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        step_loss.fill_(0.0)  # skipped steps do not stop the run at the next log
+        return
+    if optim_cfg.grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(tr.raw_model.parameters(), optim_cfg.grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    scaler.update()
 
 
 def _say_if_complete(tr: Trainer) -> None:

@@ -91,10 +91,6 @@ def build(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devic
         raise UserError(
             f"train.grad_accum={train_cfg.grad_accum} must be a multiple of the number of processes ({dist.world_size})"
         )
-    if dist.is_main and precision.threads is not None:
-        log.info(precision.threads.describe())
-        if precision.threads.busy:
-            log.warning(precision.threads.busy)
     data_path = _prepared_data(cfg, dist, precision.device)
     # The run's shape and length (model.depth, a compute budget), once the data's vocabulary is known.
     cfg, plan = budgets.resolve(cfg, read_meta(data_path)["vocab_size"])
@@ -126,7 +122,12 @@ def build(cfg: RunConfig, run_dir: str, dist: distributed.Dist, precision: devic
     state = TrainState()
     if ckpt is not None:
         state = _resume(ckpt, raw_model, optimizers, scaler, dist, precision)
-    if dist.is_main and plan is not None:  # once resume succeeded: a refused one leaves the run's files as they were
+    # Logged once resume succeeded: a refused one leaves the run's files (run.log too) as they were.
+    if dist.is_main and precision.threads is not None:
+        log.info(precision.threads.describe())
+        if precision.threads.busy:
+            log.warning(precision.threads.busy)
+    if dist.is_main and plan is not None:
         log.info("plan: %s", budgets.describe(plan))
         budgets.write_plan(run_dir, plan)
     # Downstream tasks call raw_model: a full replica under DDP, the sharded module under FSDP, never compiled.

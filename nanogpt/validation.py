@@ -262,6 +262,11 @@ def _check_tasks(cfg: RunConfig | EvalConfig) -> None:
     check_task_names(cfg.tasks, "tasks")
     _check(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be > 0 (or null for all)")
     _check(cfg.num_fewshot is None or cfg.num_fewshot >= 0, f"num_fewshot={cfg.num_fewshot} must be >= 0")
+    _check(
+        not cfg.chat or bool(cfg.harness),
+        "chat=true applies the chat template to harness tasks: give harness=[...] too (tasks=[chat_exact] always "
+        "asks through the template)",
+    )
     _check_device(cfg.device)
 
 

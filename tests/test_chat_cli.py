@@ -63,6 +63,9 @@ def test_export_writes_the_chat_template_hugging_face_applies(tmp_path, chat_run
                                             return_dict=False)  # fmt: skip
             assert list(theirs) == template.encode(messages, add_generation_prompt=generation_prompt)[0]
     assert hf.decode(template.prompt(CONVERSATIONS[1])) == template.render(CONVERSATIONS[1], True)
+    begun = [*CONVERSATIONS[0][:1], {"role": "assistant", "content": "The answer:"}]  # eval.py chat=true's gen_prefix
+    theirs = hf.apply_chat_template(begun, tokenize=True, continue_final_message=True, return_dict=False)
+    assert list(theirs) == template.encode(begun, continue_final=True)[0]
     assert GPT2LMHeadModel.from_pretrained(out).config.vocab_size == 50261
 
 

@@ -309,6 +309,8 @@ def refusal_cases(tmp: Path) -> list[tuple[list[str], list[str], dict]]:
         (["tasks=[hellaswag]", f"eval.hellaswag_file={malformed}"], ["malformed.jsonl:1 is not a HellaSwag"], {}),
         (["harness=[toy_mc]"], ["not installed", 'pip install -e ".[eval]"'], hide),
         ([f"harness=[{tasks['toy_long_gen']}]"], ["'toy_long_gen' generates up to 64 tokens", "block_size is 32"], {}),
+        ([f"harness=[{tasks['toy_gen']}]", "chat=true"], ["character-level vocabulary has no chat tokens"], {}),
+        (["tasks=[hellaswag]", "chat=true"], ["chat=true applies the chat template to harness tasks"], {}),
     ]
 
 

@@ -93,10 +93,13 @@ class ChatTemplate:
         eot = self.tokenizer.eot_token
         return (self.end,) if eot is None else (self.end, eot)
 
-    def encode(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def encode(
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, continue_final: bool = False
+    ) -> tuple[list[int], list[int]]:
         """The tokens of a (checked) conversation and their loss mask: 1 where a token is one the model must learn
         to write (an assistant's content and its closing `<|end|>`), 0 elsewhere. `add_generation_prompt` ends it
-        with `<|assistant|>`, the prompt for the next reply."""
+        with `<|assistant|>`, the prompt for the next reply; `continue_final` leaves the last turn open (no
+        `<|end|>`), a reply begun for the model to go on with, as Hugging Face's `continue_final_message` does."""
         ids: list[int] = []
         mask: list[int] = []
         for m in messages:
@@ -104,6 +107,9 @@ class ChatTemplate:
             learn = int(m["role"] == "assistant")
             ids += [self.ids[_MARKERS[m["role"]]], *content, self.end]
             mask += [0, *[learn] * len(content), learn]
+        if continue_final and messages:
+            ids.pop()
+            mask.pop()
         if add_generation_prompt:
             ids.append(self.ids[ASSISTANT])
             mask.append(0)
@@ -113,7 +119,11 @@ class ChatTemplate:
         """The tokens asking for the next assistant reply to `messages`."""
         return self.encode(messages, add_generation_prompt=True)[0]
 
-    def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        """The conversation as text, markers written out: what JINJA renders for Hugging Face."""
+    def render(
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, continue_final: bool = False
+    ) -> str:
+        """The conversation as text, markers written out: what JINJA renders for Hugging Face (`encode`'s options)."""
         text = "".join(f"{_MARKERS[m['role']]}{m['content']}{END}" for m in messages)
+        if continue_final and messages:
+            text = text[: -len(END)]
         return text + (ASSISTANT if add_generation_prompt else "")

@@ -48,6 +48,10 @@ def _run_eval(
     scorer = load_scorer(cfg, source, precision, dist)
     if manager is not None:
         harness.check_generation(manager, cfg.harness, scorer.block_size, cfg.eval.max_gen_tokens)
+    if cfg.chat:
+        from nanogpt.chat.template import ChatTemplate
+
+        ChatTemplate.of(scorer.tokenizer)  # a vocabulary without chat markers: one line, before anything is scored
     out = cfg.out or _default_out(cfg, source)
     report: dict[str, Any] = {"model": source, "command": shlex.join(["python", "eval.py", *overrides])}
     report["date"] = datetime.datetime.now().isoformat(timespec="seconds")

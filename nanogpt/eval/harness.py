@@ -13,6 +13,11 @@ hold (rotary, QK-norm, ReLU²) and character-level ones. The three request types
   `max_gen_toks`, contexts cropped on the left to leave room for them. Our model has no padding mask, so a batch
   holds contexts of equal token length (one request otherwise).
 
+With `chat=true` the harness builds each prompt as messages and asks `apply_chat_template` for its text: our
+template (nanogpt/chat/template.py) renders it, and the adapter remembers the rendered text's token ids, so a
+request for that text is encoded as the template encodes it (markers as special tokens, content as plain text)
+rather than re-tokenized; replies end at the template's `<|end|>`.
+
 Character-level models have no end-of-text token: a newline stands in for it where the vocabulary has one, else
 the text's first token is context only. Characters outside their vocabulary are dropped and counted.
 """
@@ -28,6 +33,7 @@ from typing import Any
 
 import torch
 
+from nanogpt.chat.template import JINJA, ChatTemplate
 from nanogpt.config import EvalConfig
 from nanogpt.errors import UserError
 from nanogpt.eval.scoring import Scorer, batches, evaluating
@@ -95,7 +101,8 @@ def score(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
     """The harness's results per task: {"metrics": {...}, "version": ..., "examples": n}; {} on other processes."""
     from lm_eval import simple_evaluate
 
-    lm = NanoGPTLM(scorer, cfg.eval.max_gen_tokens, cfg.seed)
+    template = ChatTemplate.of(scorer.tokenizer) if cfg.chat else None
+    lm = NanoGPTLM(scorer, cfg.eval.max_gen_tokens, cfg.seed, template)
     dropped_before = scorer.dropped_chars
     out = simple_evaluate(
         model=lm,
@@ -104,6 +111,7 @@ def score(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
         limit=cfg.limit,
         task_manager=manager,
         log_samples=False,
+        apply_chat_template=cfg.chat,
         numpy_random_seed=cfg.seed,
         torch_random_seed=cfg.seed,
         fewshot_random_seed=cfg.seed,
@@ -134,15 +142,46 @@ def score(scorer: Scorer, cfg: EvalConfig, manager: Any) -> dict[str, Any]:
 class NanoGPTLM(LM):
     """The harness's view of a `Scorer`: text in, log-likelihoods and generations out."""
 
-    def __init__(self, scorer: Scorer, max_gen_tokens: int = 256, seed: int = 1234):
+    def __init__(
+        self, scorer: Scorer, max_gen_tokens: int = 256, seed: int = 1234, template: ChatTemplate | None = None
+    ):
         super().__init__()
         self.scorer = scorer
+        self.template = template  # chat=true: prompts through it, replies end at its <|end|>
+        self.rendered: dict[str, list[int]] = {}  # text apply_chat_template returned -> the template's ids for it
         self.max_gen_tokens = max_gen_tokens
         self.generator = torch.Generator(device=scorer.device).manual_seed(seed)
         self._rank, self._world_size, self._device = scorer.dist.rank, scorer.dist.world_size, scorer.device
         eot = scorer.tokenizer.eot_token
         newline = scorer.encode("\n") if eot is None else []
         self.prefix: int | None = eot if eot is not None else (newline[0] if len(newline) == 1 else None)
+
+    # ---- the chat template (the harness calls these with apply_chat_template=True) ----
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Part of the harness's request-cache key: the vocabulary and the template."""
+        tokenizer = self.scorer.tokenizer
+        return f"nanogpt-{tokenizer.to_meta().get('kind', 'unknown')}{tokenizer.vocab_size}-chat"
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return JINJA if self.template is not None else None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The harness's messages as our template renders them. Without a generation prompt the harness has begun
+        the reply itself (a task's `gen_prefix`): that last turn is left open for the model to continue."""
+        if self.template is None:
+            raise RuntimeError("NanoGPTLM was built without a chat template: give it template=ChatTemplate.of(...)")
+        messages = [{"role": m["role"], "content": m["content"]} for m in chat_history]
+        options = {"add_generation_prompt": add_generation_prompt, "continue_final": not add_generation_prompt}
+        text = self.template.render(messages, **options)
+        self.rendered[text] = self.template.encode(messages, **options)[0]
+        return text
+
+    def _context(self, text: str) -> list[int]:
+        """The ids of a request's context: the template's own for a prompt it rendered, else the text encoded."""
+        ids = self.rendered.get(text)
+        return list(ids) if ids is not None else self.scorer.encode(text)
 
     # ---- log-likelihoods ----
 
@@ -173,6 +212,8 @@ class NanoGPTLM(LM):
         return totals
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context in self.rendered:  # the template's ids, never re-tokenized; the answer follows them as text
+            return self._context(context), self.scorer.encode(continuation)
         if not context:
             cont = self.scorer.encode(continuation)
             if self.prefix is not None and (not cont or cont[0] != self.prefix):
@@ -209,7 +250,7 @@ class NanoGPTLM(LM):
             context, raw = r.args
             kwargs = normalize_gen_kwargs(raw, self.max_gen_tokens)
             room = _check_room(getattr(r, "task_name", "?"), kwargs["max_gen_toks"], self.scorer.block_size)
-            ids = self.scorer.encode(context)[-room:] or ([self.prefix] if self.prefix is not None else [0])
+            ids = self._context(context)[-room:] or ([self.prefix] if self.prefix is not None else [0])
             key = json.dumps(kwargs, sort_keys=True, default=str)
             settings[key] = kwargs
             groups[(key, len(ids))].append((i, ids))
@@ -225,7 +266,8 @@ class NanoGPTLM(LM):
 
     def _generate(self, contexts: list[list[int]], kwargs: dict[str, Any]) -> list[str]:
         """Continue each context (all of one length) until one of `until` appears or max_gen_toks tokens."""
-        tokenizer, eot = self.scorer.tokenizer, self.scorer.tokenizer.eot_token
+        tokenizer = self.scorer.tokenizer
+        stops = set(self.template.stop_ids) if self.template is not None else {tokenizer.eot_token}
         until = [s for s in kwargs.get("until") or [] if s]
         model: GPT = self.scorer.model  # type: ignore[assignment]
         x = torch.tensor(contexts, dtype=torch.long, device=self.scorer.device)
@@ -245,7 +287,7 @@ class NanoGPTLM(LM):
                 for b, token in enumerate(step[:, 0].tolist()):
                     if done[b]:
                         continue
-                    if token == eot:
+                    if token in stops:
                         done[b] = True
                         continue
                     new[b].append(token)
