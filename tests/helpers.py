@@ -400,3 +400,38 @@ def stop_server(server: Server) -> int:
             server.proc.kill()
             server.proc.wait()
     return server.proc.returncode
+
+
+def greedy_near_ties(model: Any, prompt: list[int], served: list[int], vocab_limit: int, tol: float = 1e-4) -> int:
+    """Check that `served`, a greedy continuation of `prompt` from a server that batched it with others, is what
+    `model` decodes alone (prefill, then one cached token per forward, as `GPT.generate_stream`), and return the
+    number of near-ties: tokens that differ from the solo argmax, allowed only where the solo logit of the served
+    token is within `tol` of the top one (batched matmuls round differently). The solo decode follows the served
+    tokens, so one near-tie does not make the rest of the reply incomparable. Fails at any other difference."""
+    import torch
+
+    from nanogpt.kernels import compute_dtype
+    from nanogpt.model import LAST_POSITION, KVCache
+
+    device = next(model.parameters()).device
+    cache = KVCache(model.config, 1, device, compute_dtype(model))
+    ties = 0
+    with torch.inference_mode():
+        logits, _ = model(torch.tensor([prompt], device=device), cache=cache, logits_at=LAST_POSITION)
+        for i, token in enumerate(served):
+            row = logits[0, -1, :vocab_limit].float()
+            best = int(row.argmax())
+            if token != best:
+                gap = float(row[best] - row[token])
+                assert gap <= tol, f"token {i} of {served}: served {token}, alone {best}, logits {gap:.2e} apart"
+                ties += 1
+            logits, _ = model(torch.tensor([[token]], device=device), cache=cache, logits_at=LAST_POSITION)
+    return ties
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS in /proc/<pid>/status), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")

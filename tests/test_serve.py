@@ -225,12 +225,9 @@ def test_sigterm_mid_stream_exits_cleanly(char_run):
             lines = r.iter_lines()
             next(lines)
             s.proc.send_signal(signal.SIGTERM)
-            try:
-                rest = list(lines)  # the request finished within shutdown_timeout
-            except httpx.RemoteProtocolError:
-                rest = []  # or was cancelled at its end, the connection closed
+            rest = [line for line in lines if line]  # finished within shutdown_timeout, or cut off at its end
         assert s.proc.wait(timeout=20) == 0
-        assert not rest or rest[-1] in ("data: [DONE]", "")
+        assert rest[-1] == "data: [DONE]"
     finally:
         stop_server(s)
     assert "Traceback" not in s.log.read_text()

@@ -7,7 +7,8 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -17,6 +18,8 @@ from nanogpt.config import SampleConfig, ServeConfig
 from nanogpt.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("nanogpt")
+# After the grace period the engine ends what is left; this long again lets those last answers reach their clients.
+FAREWELL_S = 1.0
 
 
 @exit_on_user_error
@@ -54,12 +57,15 @@ def serve(cfg: ServeConfig) -> None:
     engine.start(autocast)
     app = create_app(engine, tokenizer, limits, api_key, cfg.max_body_bytes)
     config = uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=cfg.shutdown_timeout, log_level="info"
-    )
+        app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=cfg.shutdown_timeout + FAREWELL_S,
+        log_level="info",
+    )  # fmt: skip
     log.info("serving %s on http://%s:%d (chat page at /, API at /v1)", name, cfg.host, cfg.port)
+    server = _Server(config, cfg.shutdown_timeout, engine.cut_off)
     try:
-        _Server(config).run()
+        server.run()
     finally:
+        server.stop_grace_timer()
         engine.stop()
 
 
@@ -73,21 +79,33 @@ def _loopback(host: str) -> bool:
 
 
 class _Server:
-    """uvicorn's server, except that SIGTERM and SIGINT end it with exit status 0: uvicorn raises the signal
-    again once it has shut down, which would report a clean, asked-for stop as death by signal."""
+    """uvicorn's server, except that SIGTERM and SIGINT end it with exit status 0 (uvicorn raises the signal
+    again once it has shut down, which would report a clean, asked-for stop as death by signal), and that the
+    first one also calls `cut_off` `grace` seconds later: the requests still in flight then get a last answer
+    (an error object and [DONE]) rather than a connection closed in the middle of a stream."""
 
-    def __init__(self, config):
+    def __init__(self, config, grace: float, cut_off: Callable[[], None]):
         import uvicorn
 
         self.server = uvicorn.Server(config)
         self.server.capture_signals = self._capture_signals
+        self.grace_timer = threading.Timer(grace, cut_off)
+        self.grace_timer.daemon = True
 
     def run(self) -> None:
         self.server.run()
 
+    def stop_grace_timer(self) -> None:
+        self.grace_timer.cancel()
+
+    def _exit(self, sig: int, frame) -> None:
+        if self.grace_timer.ident is None:  # the first signal
+            self.grace_timer.start()
+        self.server.handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def _capture_signals(self) -> Iterator[None]:
-        handlers = {s: signal.signal(s, self.server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {s: signal.signal(s, self._exit) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:

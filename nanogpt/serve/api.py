@@ -22,12 +22,25 @@ from starlette.exceptions import HTTPException
 
 from nanogpt.chat.template import ChatTemplate
 from nanogpt.errors import UserError
-from nanogpt.serve.engine import Engine, Event, QueueFull
+from nanogpt.serve.engine import Engine, Event, QueueFull, ShuttingDown
 from nanogpt.serve.engine import Request as EngineRequest
 from nanogpt.serve.requests import ApiError, Job, Limits, chat_job, completion_job, parse_json
 from nanogpt.tokenizer import Tokenizer
 
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+ENDED = {  # how a request the engine ended without finishing it is answered: status, message, code
+    "error": (500, "the decoding engine failed on this request (see the server's log)", "engine_error"),
+    "shutdown": (
+        503,
+        "the server shut down before this reply was finished: ask again once it is back",
+        "server_shutdown",
+    ),  # fmt: skip
+}
+
+
+def _ended(reason: str) -> ApiError:
+    status, message, code = ENDED[reason]
+    return ApiError(status, message, code=code)
 
 
 def create_app(engine: Engine, tokenizer: Tokenizer, limits: Limits, api_key: str | None, max_body: int) -> FastAPI:
@@ -157,6 +170,8 @@ async def _answer(request: Request, engine: Engine, job: Job, model: str, shape:
         engine.submit(work)
     except QueueFull:
         raise ApiError(503, "the server is busy (its queue is full): try again shortly", code="queue_full") from None
+    except ShuttingDown:
+        raise _ended("shutdown") from None
     head = {"id": f"{shape.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
     if job.stream:
         return StreamingResponse(_stream(events, work, job, head, shape), media_type="text/event-stream")
@@ -174,8 +189,9 @@ async def _answer(request: Request, engine: Engine, job: Job, model: str, shape:
             finish[e.choice] = e.finish_reason
     finally:
         work.cancel()  # a no-op once every choice finished
-    if "error" in finish:
-        raise ApiError(500, "the decoding engine failed on this request (see the server's log)", code="engine_error")
+    for reason in finish:
+        if reason in ENDED:
+            raise _ended(reason)
     choices = [shape.choice(i, texts[i], finish[i]) for i in range(job.n)]
     body = {**head, "object": shape.object, "choices": choices, "usage": _usage(job, sum(tokens))}
     return JSONResponse(body)
@@ -183,18 +199,20 @@ async def _answer(request: Request, engine: Engine, job: Job, model: str, shape:
 
 async def _stream(events: asyncio.Queue[Event], work: EngineRequest, job: Job, head: dict, shape: _Completion | _Chat):
     """Server-sent events: a chunk per event (the first of each chat choice names the role), then the usage if
-    asked, then [DONE]. Cancelled when the client goes away: the request leaves the batch at the next step."""
+    asked, then [DONE]; a request the engine ended unfinished gets an error object, then [DONE]. Cancelled when the
+    client goes away: the request leaves the batch at the next step."""
 
     def chunk(choices: list[dict], **more) -> str:
         return f"data: {json.dumps({**head, 'object': shape.chunk_object, 'choices': choices, **more})}\n\n"
 
     tokens, open_choices, started = [0] * job.n, job.n, [False] * job.n
+    ended = None
     try:
         while open_choices:
             e = await events.get()
-            if e.finish_reason == "error":
-                yield f"data: {json.dumps(ApiError(500, 'the decoding engine failed on this request').body())}\n\n"
-                return
+            if e.finish_reason in ENDED:
+                ended = e.finish_reason
+                break
             tokens[e.choice] = e.tokens
             first = not started[e.choice]
             started[e.choice] = True
@@ -203,7 +221,9 @@ async def _stream(events: asyncio.Queue[Event], work: EngineRequest, job: Job, h
                 first = False
             yield chunk([shape.delta(e.choice, e.text, e.finish_reason, first)])
             open_choices -= e.finish_reason is not None
-        if job.include_usage:
+        if ended:
+            yield f"data: {json.dumps(_ended(ended).body())}\n\n"
+        elif job.include_usage:
             yield chunk([], usage=_usage(job, sum(tokens)))
         yield "data: [DONE]\n\n"
     finally:

@@ -43,7 +43,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Event:
-    """New text of one choice; `finish_reason` (stop, length, error) is set on its last event."""
+    """New text of one choice; `finish_reason` is set on its last event: stop, length, error (the engine failed),
+    or shutdown (cut off by `Engine.cut_off`)."""
 
     choice: int
     text: str
@@ -53,6 +54,10 @@ class Event:
 
 class QueueFull(Exception):
     """The queue holds `max_queue` requests already."""
+
+
+class ShuttingDown(Exception):
+    """`Engine.cut_off` was called: the server is going away and takes no more requests."""
 
 
 class Request:
@@ -95,6 +100,7 @@ class Engine:
         self.queue: deque[Request] = deque()
         self.wake = threading.Condition()
         self.running = False
+        self.closing = False  # set by cut_off: end what is in hand, take nothing more
         self.thread = threading.Thread(target=self._run, name="nanogpt-engine", daemon=True)
         self.steps = 0  # batched forwards so far (the tests read it)
 
@@ -115,8 +121,17 @@ class Engine:
         if self.thread.is_alive():
             self.thread.join()
 
+    def cut_off(self) -> None:
+        """End every active and queued request at the next step (finish_reason "shutdown"), and refuse new ones:
+        the end of a shutdown's grace period, so that each client still learns how its request ended."""
+        with self.wake:
+            self.closing = True
+            self.wake.notify()
+
     def submit(self, request: Request) -> None:
         with self.wake:
+            if self.closing:
+                raise ShuttingDown
             fits_now = not self.queue and len(self.active) + request.n <= self.max_batch
             if len(self.queue) >= self.max_queue and not fits_now:
                 raise QueueFull
@@ -136,6 +151,9 @@ class Engine:
                         self.wake.wait()
                     if not self.running:
                         return
+                    if self.closing:
+                        self._end_all("shutdown")
+                        continue
                     admitted = self._take_admissible()
                 try:
                     for request in admitted:
@@ -211,6 +229,17 @@ class Engine:
             if rows[id(seq)] != i:
                 self.cache.move(rows[id(seq)], i, seq.length)
         self.active = live
+
+    def _end_all(self, reason: str) -> None:
+        """Finish every choice not yet finished, active or queued, with `reason`; the batch and queue are left empty."""
+        for seq in self.active:
+            if not seq.done and not seq.request.cancelled:
+                seq.request.emit(Event(seq.choice, "", seq.generated, reason))
+        for request in (r for r in self.queue if not r.cancelled):
+            for choice in range(request.n):
+                request.emit(Event(choice, "", 0, reason))
+        self.active = []
+        self.queue.clear()
 
     def _fail(self, admitted: list[Request]) -> None:
         failed = {id(s.request): s.request for s in self.active} | {id(r): r for r in admitted}
