@@ -103,6 +103,19 @@ def train(tmp: Path, data: Path, *overrides: str, name: str = "default") -> Path
     return run_dirs(tmp, name)[-1]
 
 
+def write_harness_tasks(folder: Path, docs: list[dict], bodies: dict[str, str], name: str = "docs") -> dict[str, Path]:
+    """lm-evaluation-harness task YAMLs over `docs` written as a local JSON file (the harness reads no hub data):
+    each task's `body` (output_type, doc_to_*, metrics) under the shared dataset lines; returns name -> path."""
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    head = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {data}\nvalidation_split: validation\n"
+    paths = {}
+    for task, body in bodies.items():
+        paths[task] = folder / f"{task}.yaml"
+        paths[task].write_text(f"task: {task}\n{head}{body}metadata:\n  version: 1.0\n")
+    return paths
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

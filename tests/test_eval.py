@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import OFFLINE_ENV, REPO, TINY, free_port, one_line_error, run_dirs, run_entry
+from tests.helpers import OFFLINE_ENV, REPO, TINY, free_port, one_line_error, run_dirs, run_entry, write_harness_tasks
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "far", "away", "quickly", "then"]
 
@@ -27,13 +27,11 @@ def sentence(rng: random.Random, n: int) -> str:
 def write_tasks(folder: Path) -> dict[str, Path]:
     """Harness task YAMLs over a local JSON file: one of each request type, and a generation longer than a block."""
     rng = random.Random(1)
-    docs = folder / "docs.jsonl"
-    with open(docs, "w") as f:
-        for i in range(8):
-            q = sentence(rng, 50 if i == 0 else rng.randint(3, 10))  # the first overflows a 48-token block
-            choices = [sentence(rng, rng.randint(1, 4)) for _ in range(3)]
-            f.write(json.dumps({"question": q, "choices": choices, "label": i % 3, "text": f"{q}. {q}."}) + "\n")
-    head = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {docs}\nvalidation_split: validation\n"
+    docs = []
+    for i in range(8):
+        q = sentence(rng, 50 if i == 0 else rng.randint(3, 10))  # the first overflows a 48-token block
+        choices = [sentence(rng, rng.randint(1, 4)) for _ in range(3)]
+        docs.append({"question": q, "choices": choices, "label": i % 3, "text": f"{q}. {q}."})
     bodies = {
         "toy_mc": 'output_type: multiple_choice\ndoc_to_text: "{{question}} Answer:"\ndoc_to_choice: "{{choices}}"\n'
         "doc_to_target: label\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n",
@@ -43,11 +41,7 @@ def write_tasks(folder: Path) -> dict[str, Path]:
         'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 8\nmetric_list:\n  - metric: exact_match\n',
     }
     bodies["toy_long_gen"] = bodies["toy_gen"].replace("max_gen_toks: 8", "max_gen_toks: 64")
-    paths = {}
-    for name, body in bodies.items():
-        paths[name] = folder / f"{name}.yaml"
-        paths[name].write_text(f"task: {name}\n{head}{body}metadata:\n  version: 1.0\n")
-    return paths
+    return write_harness_tasks(folder, docs, bodies)
 
 
 @pytest.fixture(scope="module")
